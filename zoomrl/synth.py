@@ -1,0 +1,170 @@
+"""A synthetic V*-like visual-search set: large cluttered images with a few small targets.
+
+Each image (default 2048x2048) has a smooth background, large soft blobs, and dozens of small
+shapes (24-40 px). A question asks about one or two targets: the colour of the only shape of a
+kind, the shape of the only object of a colour, or where one target sits relative to another.
+Answers are multiple choice A-D, ground-truth boxes are kept in `extra_info`.
+
+Why it needs zooming at the tiny-cpu pixel budget: the model sees the 2048 px image resized to
+448x448 (model.max_pixels = 200704, 256 image tokens), so a 24-40 px target shrinks to 5-9 px,
+less than one 14 px patch and a third of one 28 px token: shapes blur into blobs and cannot be
+told apart. A zoom box of a few hundred pixels around the target is resized to up to 448 px, so
+the target then spans 30-90 px, several tokens.
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFilter
+
+from zoomrl.images import encode_png
+from zoomrl.types import Sample
+
+COLORS: dict[str, tuple[int, int, int]] = {
+    "red": (215, 35, 35), "green": (30, 160, 60), "blue": (35, 75, 215), "yellow": (240, 205, 25),
+    "purple": (135, 50, 175), "orange": (245, 130, 15), "black": (20, 20, 20),
+    "white": (250, 250, 250),
+}
+SHAPES = ("circle", "square", "triangle", "star", "diamond", "cross")
+POSITIONS = ("left", "right", "above", "below")
+LETTERS = "ABCD"
+DATA_SOURCE = "synth_vstar"
+
+
+def _polygon(shape: str, box: tuple[int, int, int, int]) -> list[tuple[float, float]]:
+    x1, y1, x2, y2 = box
+    cx, cy, r = (x1 + x2) / 2, (y1 + y2) / 2, (x2 - x1) / 2
+    if shape == "square":
+        return [(x1, y1), (x2, y1), (x2, y2), (x1, y2)]
+    if shape == "triangle":
+        return [(cx, y1), (x2, y2), (x1, y2)]
+    if shape == "diamond":
+        return [(cx, y1), (x2, cy), (cx, y2), (x1, cy)]
+    if shape == "star":
+        points = []
+        for k in range(10):
+            radius = r if k % 2 == 0 else r * 0.42
+            angle = -np.pi / 2 + k * np.pi / 5
+            points.append((cx + radius * np.cos(angle), cy + radius * np.sin(angle)))
+        return points
+    if shape == "cross":
+        t = r / 3
+        return [(cx - t, y1), (cx + t, y1), (cx + t, cy - t), (x2, cy - t), (x2, cy + t),
+                (cx + t, cy + t), (cx + t, y2), (cx - t, y2), (cx - t, cy + t), (x1, cy + t),
+                (x1, cy - t), (cx - t, cy - t)]
+    raise ValueError(f"unknown shape {shape}")
+
+
+def _draw(draw: ImageDraw.ImageDraw, shape: str, color: str, box: tuple[int, int, int, int]):
+    if shape == "circle":
+        draw.ellipse(box, fill=COLORS[color])
+    else:
+        draw.polygon(_polygon(shape, box), fill=COLORS[color])
+
+
+def _background(rng: random.Random, size: int) -> Image.Image:
+    base = np.array([rng.randint(90, 170) for _ in range(3)], dtype=np.float32)
+    tilt = np.array([rng.uniform(-60, 60) for _ in range(3)], dtype=np.float32)
+    ramp = np.linspace(-0.5, 0.5, size, dtype=np.float32)
+    horizontal = rng.random() < 0.5
+    grad = ramp[None, :, None] if horizontal else ramp[:, None, None]
+    pixels = np.clip(base + grad * tilt, 0, 255).astype(np.uint8)
+    image = Image.fromarray(np.broadcast_to(pixels, (size, size, 3)).copy())
+    draw = ImageDraw.Draw(image)
+    for _ in range(rng.randint(6, 12)):  # large soft blobs: clutter that is visible when small
+        x, y, r = rng.randrange(size), rng.randrange(size), rng.randint(size // 16, size // 5)
+        tone = tuple(rng.randint(60, 200) for _ in range(3))
+        draw.ellipse((x - r, y - r, x + r, y + r), fill=tone)
+    return image.filter(ImageFilter.GaussianBlur(radius=size / 128))
+
+
+def _place(rng: random.Random, size: int, taken: list[tuple[int, int, int, int]],
+           side: int) -> tuple[int, int, int, int]:
+    margin = side * 2
+    for _ in range(1000):
+        x, y = rng.randrange(margin, size - margin - side), rng.randrange(margin, size - margin - side)
+        box = (x, y, x + side, y + side)
+        gap = side
+        if all(box[2] + gap < t[0] or t[2] + gap < box[0] or box[3] + gap < t[1]
+               or t[3] + gap < box[1] for t in taken):
+            taken.append(box)
+            return box
+    raise RuntimeError("no free place for an object; use a larger image_size")
+
+
+def _options(rng: random.Random, correct: str, pool: tuple[str, ...] | list[str]) -> tuple[list[str], str]:
+    others = rng.sample([p for p in pool if p != correct], 3)
+    choices = others + [correct]
+    rng.shuffle(choices)
+    return choices, LETTERS[choices.index(correct)]
+
+
+def make_sample(index: int, size: int, seed: int, split: str) -> Sample:
+    """One synthetic visual-search row; a pure function of (index, size, seed, split)."""
+    rng = random.Random(f"{seed}:{split}:{index}")
+    image = _background(rng, size)
+    draw = ImageDraw.Draw(image)
+    taken: list[tuple[int, int, int, int]] = []
+    kind = rng.choice(["colour", "shape", "position"])
+    target_shape, target_color = rng.choice(SHAPES), rng.choice(list(COLORS))
+    targets = [(target_shape, target_color, _place(rng, size, taken, rng.randint(24, 40)))]
+    if kind == "position":
+        second = (rng.choice([s for s in SHAPES if s != target_shape]),
+                  rng.choice([c for c in COLORS if c != target_color]))
+        targets.append((*second, _place(rng, size, taken, rng.randint(24, 40))))
+    # Distractors never repeat what makes a target unique, so the question has one answer.
+    target_shapes = {t[0] for t in targets}
+    target_colors = {t[1] for t in targets}
+    for _ in range(rng.randint(30, 60)):
+        if kind == "shape":
+            shape, color = rng.choice(SHAPES), rng.choice([c for c in COLORS if c not in target_colors])
+        else:
+            shape, color = rng.choice([s for s in SHAPES if s not in target_shapes]), rng.choice(list(COLORS))
+        _draw(draw, shape, color, _place(rng, size, taken, rng.randint(24, 40)))
+    for shape, color, box in targets:
+        _draw(draw, shape, color, box)
+
+    if kind == "colour":
+        question = f"What is the colour of the {target_shape}?"
+        choices, answer = _options(rng, target_color, list(COLORS))
+    elif kind == "shape":
+        question = f"What shape is the {target_color} object?"
+        choices, answer = _options(rng, target_shape, SHAPES)
+    else:
+        (s1, c1, b1), (s2, c2, b2) = targets
+        dx, dy = (b1[0] + b1[2] - b2[0] - b2[2]) / 2, (b1[1] + b1[3] - b2[1] - b2[3]) / 2
+        relation = ("left" if dx < 0 else "right") if abs(dx) >= abs(dy) else ("above" if dy < 0 else "below")
+        question = f"Where is the {c1} {s1} relative to the {c2} {s2}?"
+        choices, answer = _options(rng, relation, POSITIONS)
+    option_text = "\n".join(f"{LETTERS[i]}. {c}" for i, c in enumerate(choices))
+    user = f"<image>\n{question}\n{option_text}\nAnswer with the option's letter from the given choices directly."
+    return Sample(
+        id=f"{split}:{index}",
+        data_source=DATA_SOURCE,
+        messages=[{"role": "user", "content": user}],
+        images=[encode_png(image)],
+        question=question,
+        answer=answer,
+        choices=choices,
+        gt_boxes=[[float(v) for v in box] for _, _, box in targets],
+        env_name="visual_toolbox",
+        ability="visual_search",
+        reward_style="rule",
+        extra={"category": kind, "split": split},
+    )
+
+
+def write_synthetic(out_dir: str | Path, n_train: int, n_test: int, size: int, seed: int) -> dict[str, Path]:
+    """Write train.parquet and test.parquet in the DeepEyes release format; returns their paths."""
+    from zoomrl.data import write_samples
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {}
+    for split, n in (("train", n_train), ("test", n_test)):
+        samples = [make_sample(i, size, seed, split) for i in range(n)]
+        paths[split] = write_samples(samples, out / f"{split}.parquet")
+    return paths

@@ -1,0 +1,131 @@
+"""Records passed between the parts: a prompt `Sample`, a rollout `Trajectory`, a scored `Group`.
+
+Arrays are numpy so they travel through Ray's object store without copies on a node.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+
+@dataclass
+class Sample:
+    """One prompt row (the DeepEyes release format, read by `zoomrl.data`)."""
+
+    id: str
+    """'<file stem>:<row>' for file data; stable across runs."""
+    data_source: str
+    """vstar | chart | thinklite_eureka | synth_vstar | ... (selects the reward weights)."""
+    messages: list[dict[str, str]]
+    """[{role, content}]; each '<image>' in a content string marks where an image goes."""
+    images: list[bytes]
+    """Encoded images (PNG/JPEG) at original resolution, in '<image>' order."""
+    question: str
+    """The question alone (without options or instructions)."""
+    answer: str
+    """Ground truth: an option letter for multiple choice, else the answer text."""
+    choices: list[str] = field(default_factory=list)
+    """Option texts for A, B, C, ...; empty when the question is open-ended."""
+    gt_boxes: list[list[float]] = field(default_factory=list)
+    """Ground-truth boxes [x1, y1, x2, y2] in original-image pixels (for grounding IoU)."""
+    env_name: str = ""
+    """Tool environment of the release ('' = no tool)."""
+    ability: str = ""
+    """Release's ability tag."""
+    reward_style: str = "rule"
+    """reward_model.style of the release (rule | model)."""
+    extra: dict[str, Any] = field(default_factory=dict)
+    """Other extra_info keys, kept as given (category, split, ...)."""
+
+
+@dataclass
+class ToolCallRecord:
+    """One tool call made during a trajectory, successful or not."""
+
+    name: str
+    """Tool name as the model wrote it."""
+    arguments: dict[str, Any]
+    """Parsed arguments ({} when the call did not parse)."""
+    error: str = ""
+    """'' when the call ran; else the error message the model was shown."""
+    box_original: list[float] | None = None
+    """Zoom box mapped to original-image pixels [x1, y1, x2, y2] (for IoU)."""
+    image_index: int | None = None
+    """Index in Trajectory.images of the image the call produced."""
+
+    @property
+    def ok(self) -> bool:
+        return not self.error
+
+
+END_REASONS = (
+    "answer",             # the turn held an <answer>
+    "no_tool_call",       # the turn ended without a call or an answer
+    "max_tool_calls",     # the call budget was spent
+    "max_response_tokens",  # the generated-token budget was spent
+    "max_images",         # the image budget was spent
+    "max_model_len",      # the sequence reached the engine's limit
+)
+
+
+@dataclass
+class Trajectory:
+    """One rollout: exactly what the learner needs to recompute log-probs, plus what it did.
+
+    T is the full sequence length: prompt and every turn, image pads expanded as the processor
+    expands them (the learner's view; the engine was given one pad per image).
+    """
+
+    sample_id: str
+    group_id: str
+    input_ids: np.ndarray
+    """(T,) int64 token ids the learner feeds."""
+    loss_mask: np.ndarray
+    """(T,) int8, 1 only on tokens the policy sampled (tool turns, image pads, scaffolding: 0)."""
+    behavior_logprobs: np.ndarray
+    """(T,) float32, log-prob of input_ids[t] under the behaviour policy where loss_mask is 1, else 0."""
+    images: list[np.ndarray]
+    """Every image fed to the model, (H, W, 3) uint8, already smart-resized: original, then crops."""
+    policy_version: int
+    """Version of the weights that produced every sampled token."""
+    end_reason: str
+    """One of END_REASONS."""
+    prompt_len: int = 0
+    """Tokens before the first assistant turn."""
+    tool_calls: list[ToolCallRecord] = field(default_factory=list)
+    response_text: str = ""
+    """Everything after the prompt, as text (for viewing and rewards)."""
+    num_turns: int = 0
+    """Assistant turns generated."""
+    reward: float = 0.0
+    """Total reward (set by the reward task)."""
+    reward_parts: dict[str, float] = field(default_factory=dict)
+    """acc, format, tool, iou, ... (set by the reward task)."""
+    timing: dict[str, float] = field(default_factory=dict)
+    """Seconds spent: generate, tools, total."""
+
+    @property
+    def num_sampled_tokens(self) -> int:
+        return int(self.loss_mask.sum())
+
+
+@dataclass
+class Group:
+    """One prompt x n trajectories, scored together; the unit of work everywhere."""
+
+    group_id: str
+    sample: Sample
+    trajectories: list[Trajectory]
+
+    @property
+    def policy_version(self) -> int:
+        """The oldest policy that produced any of its tokens (staleness is measured from it)."""
+        return min(t.policy_version for t in self.trajectories)
+
+    @property
+    def rewards(self) -> np.ndarray:
+        """(n,) total rewards."""
+        return np.array([t.reward for t in self.trajectories], dtype=np.float32)
