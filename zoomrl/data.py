@@ -104,7 +104,8 @@ def row_to_sample(row: dict[str, Any], file: str, index: int, max_decoded_pixels
     if not all(isinstance(c, str) for c in choices):
         raise DataError(f"{where('extra_info')}: choices must be strings")
     gt_boxes = _boxes(extra.pop("gt_boxes", None), f"{where('extra_info')}.gt_boxes")
-    question = extra.pop("question", None) or messages[-1]["content"].replace(IMAGE_PLACEHOLDER, "").strip()
+    question = extra.pop("question", None) or \
+        messages[-1]["content"].replace(IMAGE_PLACEHOLDER, "").strip()
     extra.pop("answer", None)
     sample_index = extra.pop("index", index)
     return Sample(
@@ -142,7 +143,8 @@ def iter_samples(path: str | Path, max_decoded_pixels: int = 100_000_000,
             index += 1
 
 
-def read_samples(paths: str | Path | list[str | Path], max_decoded_pixels: int = 100_000_000) -> list[Sample]:
+def read_samples(paths: str | Path | list[str | Path],
+                 max_decoded_pixels: int = 100_000_000) -> list[Sample]:
     """All samples of one or more parquet files, in order."""
     if isinstance(paths, (str, Path)):
         paths = [paths]

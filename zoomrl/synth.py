@@ -83,7 +83,7 @@ def _background(rng: random.Random, size: int) -> Image.Image:
 
 def _place(rng: random.Random, size: int, taken: list[tuple[int, int, int, int]],
            side: int) -> tuple[int, int, int, int]:
-    margin = side * 2
+    margin = side
     for _ in range(1000):
         x, y = rng.randrange(margin, size - margin - side), rng.randrange(margin, size - margin - side)
         box = (x, y, x + side, y + side)
@@ -95,7 +95,8 @@ def _place(rng: random.Random, size: int, taken: list[tuple[int, int, int, int]]
     raise RuntimeError("no free place for an object; use a larger image_size")
 
 
-def _options(rng: random.Random, correct: str, pool: tuple[str, ...] | list[str]) -> tuple[list[str], str]:
+def _options(rng: random.Random, correct: str, pool: tuple[str, ...] | list[str]
+             ) -> tuple[list[str], str]:
     others = rng.sample([p for p in pool if p != correct], 3)
     choices = others + [correct]
     rng.shuffle(choices)
@@ -118,7 +119,8 @@ def make_sample(index: int, size: int, seed: int, split: str) -> Sample:
     # Distractors never repeat what makes a target unique, so the question has one answer.
     target_shapes = {t[0] for t in targets}
     target_colors = {t[1] for t in targets}
-    for _ in range(rng.randint(30, 60)):
+    density = (size / 2048) ** 2  # 30-60 distractors on a 2048 px image, as many per area on others
+    for _ in range(max(4, round(rng.randint(30, 60) * density))):
         if kind == "shape":
             shape, color = rng.choice(SHAPES), rng.choice([c for c in COLORS if c not in target_colors])
         else:
@@ -136,11 +138,15 @@ def make_sample(index: int, size: int, seed: int, split: str) -> Sample:
     else:
         (s1, c1, b1), (s2, c2, b2) = targets
         dx, dy = (b1[0] + b1[2] - b2[0] - b2[2]) / 2, (b1[1] + b1[3] - b2[1] - b2[3]) / 2
-        relation = ("left" if dx < 0 else "right") if abs(dx) >= abs(dy) else ("above" if dy < 0 else "below")
+        if abs(dx) >= abs(dy):
+            relation = "left" if dx < 0 else "right"
+        else:
+            relation = "above" if dy < 0 else "below"
         question = f"Where is the {c1} {s1} relative to the {c2} {s2}?"
         choices, answer = _options(rng, relation, POSITIONS)
     option_text = "\n".join(f"{LETTERS[i]}. {c}" for i, c in enumerate(choices))
-    user = f"<image>\n{question}\n{option_text}\nAnswer with the option's letter from the given choices directly."
+    user = (f"<image>\n{question}\n{option_text}\n"
+            "Answer with the option's letter from the given choices directly.")
     return Sample(
         id=f"{split}:{index}",
         data_source=DATA_SOURCE,
@@ -157,7 +163,8 @@ def make_sample(index: int, size: int, seed: int, split: str) -> Sample:
     )
 
 
-def write_synthetic(out_dir: str | Path, n_train: int, n_test: int, size: int, seed: int) -> dict[str, Path]:
+def write_synthetic(out_dir: str | Path, n_train: int, n_test: int, size: int,
+                    seed: int) -> dict[str, Path]:
     """Write train.parquet and test.parquet in the DeepEyes release format; returns their paths."""
     from zoomrl.data import write_samples
 

@@ -1,0 +1,38 @@
+import io
+
+from PIL import Image
+
+from zoomrl.config import load_config
+from zoomrl.images import smart_resize
+from zoomrl.synth import LETTERS, make_sample
+
+
+def test_generator_is_deterministic():
+    a, b = make_sample(3, 512, 1, "train"), make_sample(3, 512, 1, "train")
+    assert a == b
+    assert make_sample(3, 512, 2, "train").images != a.images
+
+
+def test_rows_are_well_formed_multiple_choice():
+    for i in range(12):
+        s = make_sample(i, 512, 0, "train")
+        assert len(s.choices) == 4 and s.answer in LETTERS
+        assert s.messages[0]["content"].count("<image>") == 1 == len(s.images)
+        assert s.extra["category"] in {"colour", "shape", "position"}
+        assert len(s.gt_boxes) == (2 if s.extra["category"] == "position" else 1)
+        assert f"{s.answer}. {s.choices[LETTERS.index(s.answer)]}" in s.messages[0]["content"]
+
+
+def test_targets_are_smaller_than_a_patch_at_the_default_budget():
+    """The property that makes the set need zooming: at tiny-cpu's pixel budget a target
+    shrinks below one 14 px vision patch, while a 300 px zoom box shows it at >= 28 px."""
+    cfg = load_config("tiny-cpu")
+    size = cfg.data.synth.image_size
+    s = make_sample(0, size, 0, "train")
+    width, height = Image.open(io.BytesIO(s.images[0])).size
+    seen_h, seen_w = smart_resize(height, width, cfg.model.min_pixels, cfg.model.max_pixels)
+    for x1, _, x2, _ in s.gt_boxes:
+        assert 24 <= x2 - x1 <= 40
+        assert (x2 - x1) * seen_w / width < 14
+        crop_h, crop_w = smart_resize(300, 300, cfg.model.min_pixels, cfg.model.max_pixels)
+        assert (x2 - x1) * crop_w / 300 >= 28
