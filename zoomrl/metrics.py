@@ -1,0 +1,115 @@
+"""Every metric zoomrl emits, defined once, and the two places they go.
+
+`METRICS` is the single list: name, kind, meaning. Actors record through `ray.util.metrics`
+(`RayMetrics`), so the Ray dashboard and Ray's Prometheus endpoint show them; the driver serves the
+per-step figures with `prometheus_client` on its own HTTP endpoint (`DriverMetrics`). Names start
+with `zoomrl_`; `docs/metrics.md` documents each (a test keeps the two in step).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    name: str
+    """Metric name without the zoomrl_ prefix; also the key in metrics.jsonl."""
+    kind: str
+    """gauge (a per-step figure) | counter (a running total)."""
+    description: str
+
+
+METRICS: tuple[MetricSpec, ...] = (
+    # The paper's training dynamics, per step over the trajectories the learner trained on.
+    MetricSpec("accuracy", "gauge", "Mean accuracy reward part (0/1) of the step's trajectories."),
+    MetricSpec("reward_mean", "gauge", "Mean total reward."),
+    MetricSpec("reward_acc", "gauge", "Mean weighted accuracy part of the reward."),
+    MetricSpec("reward_format", "gauge", "Mean weighted format part of the reward (0 or negative)."),
+    MetricSpec("reward_tool", "gauge", "Mean weighted (and gated) tool bonus."),
+    MetricSpec("tool_calls_per_trajectory", "gauge", "Mean tool calls per trajectory (failed ones too)."),
+    MetricSpec("tool_errors_per_trajectory", "gauge", "Mean failed tool calls per trajectory."),
+    MetricSpec("zoom_share", "gauge", "Share of trajectories with at least one successful crop."),
+    MetricSpec("response_tokens", "gauge", "Mean tokens the policy generated per trajectory."),
+    MetricSpec("grounding_iou", "gauge",
+               "Mean over trajectories that zoomed of the best IoU of a zoom box with a "
+               "ground-truth box (original-image pixels)."),
+    MetricSpec("end_answer_share", "gauge", "Share of trajectories that ended with an answer."),
+    MetricSpec("end_truncated_share", "gauge",
+               "Share of trajectories cut by a budget (tokens, tool calls, images, model length)."),
+    # The update.
+    MetricSpec("loss", "gauge", "GRPO policy loss of the step."),
+    MetricSpec("clip_fraction", "gauge", "Share of sampled tokens whose ratio was clipped."),
+    MetricSpec("approx_kl", "gauge", "Approximate KL of the learner policy to the behaviour policy."),
+    MetricSpec("grad_norm", "gauge", "Global gradient norm before clipping."),
+    MetricSpec("policy_version", "gauge", "Version of the learner's weights after the step."),
+    # The system.
+    MetricSpec("rollout_tokens_per_s", "gauge", "Generated tokens per second, all rollout actors."),
+    MetricSpec("learner_tokens_per_s", "gauge", "Tokens (all, prompt and images included) per second "
+               "through forward and backward, all ranks."),
+    MetricSpec("queue_depth", "gauge", "Scored groups waiting in the replay queue."),
+    MetricSpec("policy_staleness", "gauge",
+               "Mean versions between the learner and the policy that produced its batch."),
+    MetricSpec("dropped_groups", "counter", "Groups dropped for staleness, in total."),
+    MetricSpec("weight_sync_seconds", "gauge", "Seconds to publish weights and load them in every engine."),
+    MetricSpec("step_seconds", "gauge", "Wall time of the step."),
+    MetricSpec("learner_peak_memory_bytes", "gauge", "Peak memory of one learner rank in the step."),
+)
+METRICS_BY_NAME = {m.name: m for m in METRICS}
+PREFIX = "zoomrl_"
+
+
+class DriverMetrics:
+    """The driver's Prometheus endpoint: one gauge/counter per spec, set from each step's figures."""
+
+    def __init__(self, host: str, port: int):
+        self.registry = CollectorRegistry()
+        self._metrics = {}
+        for spec in METRICS:
+            cls = Counter if spec.kind == "counter" else Gauge
+            self._metrics[spec.name] = cls(PREFIX + spec.name, spec.description, registry=self.registry)
+        self._server, self._thread = start_http_server(port, addr=host, registry=self.registry)
+        self.host, self.port = host, self._server.server_port
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}/metrics"
+
+    def record(self, figures: dict[str, float]) -> None:
+        """Set gauges to this step's values; add counters' increments. Unknown names are an error."""
+        for name, value in figures.items():
+            if name not in METRICS_BY_NAME:
+                raise KeyError(f"metric '{name}' is not defined in zoomrl.metrics.METRICS")
+            metric = self._metrics[name]
+            if isinstance(metric, Counter):
+                metric.inc(value)
+            else:
+                metric.set(value)
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+class RayMetrics:
+    """Metrics recorded inside Ray actors (shown by the dashboard and Ray's Prometheus endpoint)."""
+
+    def __init__(self, names: list[str], tag_keys: tuple[str, ...] = ()):
+        from ray.util import metrics as ray_metrics
+
+        self._metrics = {}
+        for name in names:
+            spec = METRICS_BY_NAME[name]
+            cls = ray_metrics.Counter if spec.kind == "counter" else ray_metrics.Gauge
+            self._metrics[name] = cls(PREFIX + spec.name, description=spec.description,
+                                      tag_keys=tag_keys)
+
+    def record(self, figures: dict[str, float], tags: dict[str, str] | None = None) -> None:
+        for name, value in figures.items():
+            metric = self._metrics[name]
+            if METRICS_BY_NAME[name].kind == "counter":
+                metric.inc(value, tags=tags)
+            else:
+                metric.set(value, tags=tags)
