@@ -1,0 +1,19 @@
+"""Group scoring as a stateless Ray task."""
+
+from __future__ import annotations
+
+import ray
+
+from rewards.score import score_group
+from zoomrl.config import RewardConfig
+from zoomrl.types import Group
+
+
+@ray.remote
+def score_group_task(group: Group, cfg: RewardConfig) -> Group:
+    """`score_group` in a Ray worker; returns the group with rewards filled.
+
+    A judge failure raises JudgeError from `ray.get`, so the caller sees it; Ray does not retry
+    application errors, and the group is not queued with made-up rewards.
+    """
+    return score_group(group, cfg)

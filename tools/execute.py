@@ -1,0 +1,35 @@
+"""Run one parsed call against the latest view; every failure becomes an error for the model."""
+
+from __future__ import annotations
+
+from tools.arguments import show
+from tools.parse import ToolCall
+from tools.registry import TOOLS
+from tools.tool import ToolError, ToolOutcome
+from tools.view import ImageView
+from zoomrl.config import ModelConfig, ToolsConfig
+from zoomrl.images import ImageError
+
+
+def _failed(message: str) -> ToolOutcome:
+    return ToolOutcome(view=None, error=message, box_original=None)
+
+
+def execute_tool(call: ToolCall, views: list[ImageView], tools_cfg: ToolsConfig,
+                 model_cfg: ModelConfig) -> ToolOutcome:
+    """Apply `call` to views[-1], the image the model saw last (only that one is read).
+
+    Never raises on anything the model wrote: an unknown or disabled tool, bad arguments, a box
+    outside the image, and an original that fails to decode (bad bytes, a pixel bomb) all come
+    back as `ToolOutcome.error`.
+    """
+    if call.name not in TOOLS or call.name not in tools_cfg.enabled:
+        return _failed(f"unknown tool {show(call.name)}; the tools are: {', '.join(tools_cfg.enabled)}")
+    if not isinstance(call.arguments, dict):
+        return _failed("the tool arguments must be a JSON object")
+    if not views:
+        return _failed("there is no image to use the tool on")
+    try:
+        return TOOLS[call.name].run(call.arguments, views[-1], tools_cfg, model_cfg)
+    except (ToolError, ImageError) as err:
+        return _failed(str(err))

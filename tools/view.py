@@ -1,0 +1,126 @@
+"""What the model sees of an image, and where it sits in the original.
+
+An `ImageView` is the original image or a region of it (possibly rotated), smart-resized for the
+model. Boxes the model writes are in the pixels of the view it saw; the view maps them to its
+rotated frame (`tools.frame`) and from there to the original, so every crop is cut from the
+full-resolution original, even a crop of a crop.
+
+The original travels with every view as its encoded bytes (`source`), or as a Ray ObjectRef to
+those bytes: a remote tool task then reads it from the object store instead of receiving a copy
+with every call, and a rollout actor keeps bytes, not decoded pixels, per trajectory. It is
+decoded on each tool call under the same pixel-bomb guard as input images.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import ray
+from PIL import Image
+
+from tools.frame import (
+    Box,
+    bounding_box,
+    corners,
+    frame_region,
+    frame_size,
+    frame_to_original,
+    original_to_frame,
+)
+from zoomrl.config import ModelConfig
+from zoomrl.images import decode_image, resize_for_model
+
+
+@dataclass(frozen=True, eq=False)
+class ImageView:
+    """One image the model saw: its pixels, and how they map to the original image."""
+
+    pixels: np.ndarray
+    """(H, W, 3) uint8, smart-resized: exactly what the model is given."""
+    source: bytes | ray.ObjectRef
+    """The original image, encoded (PNG/JPEG), or an ObjectRef to those bytes."""
+    original_size: tuple[int, int]
+    """(width, height) of the original in pixels."""
+    max_decoded_pixels: int
+    """Pixel-bomb guard applied whenever `source` is decoded."""
+    angle: float
+    """Counter-clockwise rotation of the frame this view is cut from, degrees in [0, 360)."""
+    region: tuple[int, int, int, int]
+    """[x1, y1, x2, y2] of the frame shown, in frame pixels (= original pixels in scale)."""
+
+    @property
+    def width(self) -> int:
+        return int(self.pixels.shape[1])
+
+    @property
+    def height(self) -> int:
+        return int(self.pixels.shape[0])
+
+    @property
+    def frame_size(self) -> tuple[int, int]:
+        """(width, height) of the rotated frame this view is cut from."""
+        return frame_size(self.original_size, self.angle)
+
+    def scale(self) -> tuple[float, float]:
+        """Frame (original) pixels per view pixel, along x and y."""
+        x1, y1, x2, y2 = self.region
+        return (x2 - x1) / self.width, (y2 - y1) / self.height
+
+    def to_frame(self, box: Box) -> Box:
+        """A box in this view's pixels -> the same box in frame pixels."""
+        sx, sy = self.scale()
+        x1, y1, x2, y2 = box
+        return (self.region[0] + x1 * sx, self.region[1] + y1 * sy,
+                self.region[0] + x2 * sx, self.region[1] + y2 * sy)
+
+    def frame_box_to_original(self, box: Box) -> list[float]:
+        """A frame box -> original pixels; for a rotated frame, the box around its four corners."""
+        points = frame_to_original(corners(box), self.original_size, self.angle)
+        return list(bounding_box(points, self.original_size))
+
+    def region_in_frame(self, angle: float) -> Box:
+        """This view's region as seen in the frame of another angle (the box around it)."""
+        points = frame_to_original(corners(self.region), self.original_size, self.angle)
+        return bounding_box(original_to_frame(points, self.original_size, angle),
+                            frame_size(self.original_size, angle))
+
+    def load_original(self) -> Image.Image:
+        """The original at full resolution; raises ImageError for bad bytes or a pixel bomb."""
+        data = ray.get(self.source) if isinstance(self.source, ray.ObjectRef) else self.source
+        return decode_image(data, self.max_decoded_pixels)
+
+    def derive(self, original: Image.Image, angle: float, region: tuple[int, int, int, int],
+               model_cfg: ModelConfig) -> ImageView:
+        """A new view of the same original: `region` of the frame at `angle`, smart-resized."""
+        crop = frame_region(original, angle, region)
+        pixels = resize_for_model(crop, model_cfg.min_pixels, model_cfg.max_pixels)
+        return ImageView(pixels=pixels, source=self.source, original_size=self.original_size,
+                         max_decoded_pixels=self.max_decoded_pixels, angle=angle, region=region)
+
+
+def snap_region(box: Box, limit: tuple[int, int]) -> tuple[int, int, int, int]:
+    """Round a frame box outward to whole pixels inside [0, width] x [0, height].
+
+    Whole pixels make the crop exact and its size the one smart-resize is given; rounding
+    outward keeps everything inside the box the model asked for.
+    """
+    x1, y1, x2, y2 = box
+    eps = 1e-6  # 27.9999999 from float mapping is pixel 28, not 27
+    return (max(0, math.floor(x1 + eps)), max(0, math.floor(y1 + eps)),
+            min(limit[0], math.ceil(x2 - eps)), min(limit[1], math.ceil(y2 - eps)))
+
+
+def initial_view(image: bytes | ray.ObjectRef, model_cfg: ModelConfig,
+                 max_decoded_pixels: int) -> ImageView:
+    """The input image as the model first sees it; raises ImageError for bad bytes or a bomb.
+
+    `image` may be the encoded bytes or an ObjectRef to them; it becomes the view's `source`.
+    """
+    data = ray.get(image) if isinstance(image, ray.ObjectRef) else image
+    original = decode_image(data, max_decoded_pixels)
+    return ImageView(pixels=resize_for_model(original, model_cfg.min_pixels, model_cfg.max_pixels),
+                     source=image, original_size=original.size,
+                     max_decoded_pixels=max_decoded_pixels, angle=0.0,
+                     region=(0, 0, original.width, original.height))
