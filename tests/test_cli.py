@@ -1,8 +1,10 @@
 """The `zoomrl` console script, run as a user runs it."""
 
+import json
 import subprocess
 import sys
 
+import pytest
 import yaml
 
 
@@ -50,3 +52,20 @@ def test_train_does_the_first_half_of_a_run(tmp_path):
     assert "train data: 4 prompts" in result.stdout
     assert "not built yet" in result.stdout
     assert any((tmp_path / "models").iterdir()) and any((tmp_path / "data").iterdir())
+
+
+@pytest.mark.slow
+def test_rollout_writes_trajectories_from_the_embedded_default(tmp_path):
+    out = tmp_path / "rollouts.jsonl"
+    result = zoomrl("rollout", "--limit", "2", "--out", str(out), "rollout.n=2",
+                    "rollout.max_tokens_per_turn=24", "data.synth.n_train=4", "data.synth.n_test=2",
+                    "data.synth.image_size=512", f"model.cache_dir={tmp_path}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(records) == 4 and {r["group_id"] for r in records} == {"rollout-0", "rollout-1"}
+    for record in records:
+        assert record["end_reason"] and record["policy_version"] == 0
+        assert 0 < record["response_tokens"] <= 24 * record["num_turns"]
+        assert set(record["reward_parts"]) >= {"acc", "format", "tool"}
+    summary = json.loads(result.stdout[result.stdout.index("{"):result.stdout.rindex("}") + 1])
+    assert summary["trajectories"] == 4 and summary["rollout_tokens_per_s"] > 0

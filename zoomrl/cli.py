@@ -1,4 +1,4 @@
-"""The `zoomrl` command: train, data synth, config show.
+"""The `zoomrl` command: train, rollout, data synth, config show, export.
 
 Config-taking commands accept `--config PRESET_OR_YAML` and dotted `key=value` overrides.
 """
@@ -6,6 +6,7 @@ Config-taking commands accept `--config PRESET_OR_YAML` and dotted `key=value` o
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 
@@ -55,6 +56,31 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_rollout(args: argparse.Namespace) -> int:
+    from zoomrl.rollouts import run_rollouts
+    from zoomrl.run_setup import prepare_inputs
+
+    cfg = load_config(args.config, args.overrides)
+    inputs = prepare_inputs(cfg)
+    data = args.data or inputs.test_files[0]
+    samples = read_samples(data, cfg.data.max_decoded_pixels)[: args.limit]
+    print(f"rolling out {len(samples)} prompts x {cfg.rollout.n} from {data} with {inputs.model_path} "
+          f"on {cfg.rollout.num_workers} actor(s)")
+    summary = run_rollouts(cfg, inputs.model_path, samples, args.out)
+    print(json.dumps(summary, indent=2))
+    print(f"trajectories: {args.out}")
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from learner.checkpoint import export_hf
+
+    start = time.perf_counter()
+    out = export_hf(args.checkpoint, args.out)
+    print(f"exported {args.checkpoint} to {out} in {time.perf_counter() - start:.1f}s")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="zoomrl", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -78,6 +104,20 @@ def build_parser() -> argparse.ArgumentParser:
     show = config_commands.add_parser("show", help="print the resolved config")
     _add_config_args(show)
     show.set_defaults(func=_cmd_config_show)
+
+    rollout = commands.add_parser("rollout", help="run the rollout actors on prompts, without training")
+    _add_config_args(rollout)
+    rollout.add_argument("--data", help="a parquet file in the DeepEyes format (default: the test split "
+                                        "of the configured data)")
+    rollout.add_argument("--limit", type=int, default=8, help="prompts to roll out (default 8)")
+    rollout.add_argument("--out", required=True, help="JSON-lines file of trajectories to write")
+    rollout.set_defaults(func=_cmd_rollout)
+
+    export = commands.add_parser("export", help="write a Hugging Face folder from a learner checkpoint")
+    export.add_argument("checkpoint", metavar="CKPT",
+                        help="a checkpoint folder (step-NNNNNNNN), or a folder of them (the latest)")
+    export.add_argument("--out", required=True, help="output folder (transformers and vLLM load it)")
+    export.set_defaults(func=_cmd_export)
     return parser
 
 

@@ -120,6 +120,12 @@ class EngineConfig:
     """Reuse KV of shared prefixes (the group's common prompt, earlier turns)."""
     enforce_eager: bool = False
     """Disable CUDA graphs / compilation (faster start, slower decode)."""
+    logits_processors: list[str] = field(default_factory=list)
+    """Extra vLLM logits processor classes loaded into the engine, as 'module:Class' (e.g.
+    'actors.forcing:ForcedTurnsLogitsProcessor', which scripts assistant turns for demos and tests)."""
+    weights_dir: str = ""
+    """Folder where received weights are staged as safetensors for vLLM to reload ('' = the
+    system temp folder; /dev/shm keeps them in RAM)."""
 
 
 @dataclass
@@ -148,6 +154,12 @@ class RolloutConfig:
     """Images (original + crops) allowed in one trajectory."""
     prompt_style: str = "deepeyes"
     """Conversation format; 'deepeyes' matches the released DeepEyes checkpoint."""
+    seed: int | None = None
+    """Sampling seed: each turn of each trajectory gets a seed derived from it, the group id and
+    the trajectory index, so a rollout can be replayed exactly; None draws fresh randomness."""
+    sampling_extra_args: dict[str, Any] = field(default_factory=dict)
+    """Passed to every engine request as vLLM's SamplingParams.extra_args, where custom logits
+    processors read it (e.g. forced_turns: [text, ...] for the forcing processor)."""
     engine: EngineConfig = field(default_factory=EngineConfig)
     """vLLM engine settings."""
 
@@ -187,11 +199,18 @@ class JudgeConfig:
     api_key_env: str = "ZOOMRL_JUDGE_API_KEY"
     """Environment variable holding the API key (the key itself is never in config or logs)."""
     timeout_s: float = 30.0
-    """Timeout of one request."""
+    """Seconds one request may wait on the connection (to connect, and for each read); a request
+    that times out counts as a failed attempt and is retried."""
     max_retries: int = 4
     """Retries with exponential backoff before the reward task fails loudly."""
+    backoff_s: float = 1.0
+    """Wait before the first retry; each later retry waits twice as long (times a random 0.5-1
+    jitter, so many reward tasks do not retry in lockstep)."""
     max_concurrency: int = 16
-    """Requests in flight at once."""
+    """Requests in flight at once from one process (a reward task's worker)."""
+    cache_size: int = 65536
+    """Verdicts kept per process, keyed by (question, answer, prediction): a group of n rollouts
+    often repeats one prediction, which is then asked once."""
 
 
 @dataclass
@@ -253,6 +272,11 @@ class LearnerConfig:
     """bf16 compute with fp32 master weights on GPU; CPU always runs fp32."""
     activation_checkpointing: bool = True
     """Recompute activations in backward to save memory."""
+    updates_per_step: int = 1
+    """Optimizer steps per policy version: the batch's groups split into this many mini-batches
+    (1 = the reference recipe, one update per rollout batch)."""
+    compute_entropy: bool = True
+    """Report the policy's mean token entropy (costs one softmax over the vocabulary per token)."""
 
 
 @dataclass
@@ -387,6 +411,14 @@ def _check_values(cfg: Config) -> None:
     for dotted in ["queue.max_staleness", "rollout.max_tool_calls", "run.total_steps"]:
         if OmegaConf.select(cfg, dotted) < 0:
             raise ConfigError(f"{dotted} must be >= 0, got {OmegaConf.select(cfg, dotted)}")
+    learner = cfg.learner
+    if learner.updates_per_step <= 0 or learner.lr <= 0 or learner.grad_clip <= 0 or learner.kl_coef < 0:
+        raise ConfigError("learner.updates_per_step, learner.lr and learner.grad_clip must be > 0, "
+                          "learner.kl_coef >= 0")
+    if not (0 <= learner.clip_ratio_low < 1 and learner.clip_ratio_high >= 0):
+        raise ConfigError("learner.clip_ratio_low must be in [0, 1) and learner.clip_ratio_high >= 0")
+    if learner.dual_clip != 0 and learner.dual_clip <= 1:
+        raise ConfigError(f"learner.dual_clip must be 0 (off) or > 1, got {learner.dual_clip}")
     if cfg.model.min_pixels > cfg.model.max_pixels:
         raise ConfigError("model.min_pixels must not exceed model.max_pixels")
     if cfg.rollout.max_tokens_per_turn > cfg.rollout.max_response_tokens:

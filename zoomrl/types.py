@@ -66,6 +66,7 @@ END_REASONS = (
     "no_tool_call",       # the turn ended without a call or an answer
     "max_tool_calls",     # the call budget was spent
     "max_response_tokens",  # the generated-token budget was spent
+    "max_tokens_per_turn",  # a turn hit its token limit without a call or an answer
     "max_images",         # the image budget was spent
     "max_model_len",      # the sequence reached the engine's limit
 )

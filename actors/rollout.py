@@ -1,0 +1,135 @@
+"""The rollout worker: one engine, turning prompts into scored groups, and taking new weights.
+
+`RolloutWorker` is a plain class (tests drive it directly); `RolloutActor` is the same class as
+an async Ray actor. All trajectories of all groups an actor was given are in flight at once:
+Ray runs each `generate_group` call as a coroutine, each starts `rollout.n` trajectory
+coroutines, and the engine batches their turns.
+
+Weight updates and in-flight work: trajectories FINISH ON THE OLD WEIGHTS. `update_weights`
+stops new groups from starting, waits until the groups in flight are done, loads the weights,
+then lets the waiting groups start on the new version. Every token of a trajectory therefore
+comes from the one `policy_version` it is stamped with, which keeps behaviour log-probs and
+staleness exact; the price is that an update waits for the longest group in flight.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import ray
+import torch
+
+from actors.engine import VLLMEngine
+from actors.imcot import Engine, run_trajectory
+from rewards import score_group, score_group_task
+from tools import ImageView, ToolCall, ToolOutcome, execute_tool, execute_tool_task, initial_view
+from zoomrl.config import Config
+from zoomrl.types import Group, Sample
+
+
+@dataclass
+class GroupInfo:
+    """What the driver needs to know of a group without fetching it from the object store."""
+
+    group_id: str
+    sample_id: str
+    policy_version: int
+    num_trajectories: int
+    reward_mean: float
+    accuracy: float
+    response_tokens: int
+    """Tokens the policy sampled, summed over the group."""
+    seconds: float
+
+
+class RolloutWorker:
+    """One generation engine and the iMCoT loop over it.
+
+    use_ray_tasks: run tools and rewards as Ray tasks (the design); False runs them in-process.
+    """
+
+    def __init__(self, cfg: Config, model_path: str, engine: Engine | None = None,
+                 use_ray_tasks: bool = True) -> None:
+        self.cfg = cfg
+        self.engine = engine if engine is not None else VLLMEngine(model_path, cfg)
+        self.use_ray_tasks = use_ray_tasks
+        self.policy_version = 0
+        self._groups_in_flight = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._accepting = asyncio.Event()
+        self._accepting.set()
+        self._update_lock = asyncio.Lock()
+
+    # Two results: the small GroupInfo the driver reads, and the Group, which stays in the object
+    # store (owned by the caller, so it outlives this actor) until the learner fetches it.
+    @ray.method(num_returns=2)
+    async def generate_group(self, sample: Sample, group_id: str) -> tuple[GroupInfo, Group]:
+        """rollout.n trajectories of one prompt, scored as a group by the reward task."""
+        await self._accepting.wait()
+        self._groups_in_flight += 1
+        self._idle.clear()
+        try:
+            return await self._generate_group(sample, group_id)
+        finally:
+            self._groups_in_flight -= 1
+            if self._groups_in_flight == 0:
+                self._idle.set()
+
+    async def update_weights(self, version: int, weights: dict[str, torch.Tensor]) -> int:
+        """Load weights of policy `version` (HF names); returns the version now loaded."""
+        async with self._update_lock:
+            self._accepting.clear()
+            try:
+                await self._idle.wait()
+                await self.engine.load_weights(weights)
+                self.policy_version = version
+            finally:
+                self._accepting.set()
+        return self.policy_version
+
+    def ready(self) -> int:
+        """The loaded policy version (callers wait on this to know the engine is up)."""
+        return self.policy_version
+
+    def shutdown(self) -> None:
+        self.engine.shutdown()
+
+    async def _generate_group(self, sample: Sample, group_id: str) -> tuple[GroupInfo, Group]:
+        start = time.perf_counter()
+        version = self.policy_version
+        views = self._initial_views(sample)
+        trajectories = await asyncio.gather(*(
+            run_trajectory(sample, views, self.engine, self._run_tool, self.cfg, group_id=group_id,
+                           index=index, policy_version=version)
+            for index in range(self.cfg.rollout.n)))
+        group = Group(group_id=group_id, sample=sample, trajectories=list(trajectories))
+        if self.use_ray_tasks:
+            group = await score_group_task.remote(group, self.cfg.reward)
+        else:
+            group = score_group(group, self.cfg.reward)
+        info = GroupInfo(
+            group_id=group_id, sample_id=sample.id, policy_version=group.policy_version,
+            num_trajectories=len(group.trajectories), reward_mean=float(np.mean(group.rewards)),
+            accuracy=float(np.mean([t.reward_parts.get("acc", 0.0) for t in group.trajectories])),
+            response_tokens=sum(t.num_sampled_tokens for t in group.trajectories),
+            seconds=time.perf_counter() - start)
+        return info, group
+
+    def _initial_views(self, sample: Sample) -> list[ImageView]:
+        """The sample's images as the model first sees them; with Ray, each original goes into the
+        object store once and tool tasks read it from there."""
+        max_pixels = self.cfg.data.max_decoded_pixels
+        sources = [ray.put(data) for data in sample.images] if self.use_ray_tasks else sample.images
+        return [initial_view(source, self.cfg.model, max_pixels) for source in sources]
+
+    async def _run_tool(self, call: ToolCall, view: ImageView) -> ToolOutcome:
+        if self.use_ray_tasks:
+            return await execute_tool_task.remote(call, [view], self.cfg.tools, self.cfg.model)
+        return execute_tool(call, [view], self.cfg.tools, self.cfg.model)
+
+
+RolloutActor = ray.remote(RolloutWorker)  # async methods: an async actor, many calls in flight
