@@ -1,0 +1,164 @@
+"""Sharded, atomic checkpoints with torch.distributed.checkpoint (DCP), and export to Hugging Face.
+
+Layout of one checkpoint, `<root>/step-00000010/`:
+    .metadata, __<rank>_0.distcp   model + optimizer, sharded as trained (DCP)
+    rng-rank<r>.pt                 each rank's RNG states (torch, CUDA, numpy, python)
+    hf/                            the model folder minus its weights (config, tokenizer, processor)
+    trainer.json                   step, the driver's data position, model path, engine dtype
+
+Atomic: every rank writes into `<root>/.tmp-step-00000010`, and rank 0 renames it to its final
+name only after all ranks finished and `trainer.json` is written; a rename is atomic, so a crash
+at any point leaves either the new checkpoint or none, never half of one. `latest_checkpoint`
+only sees complete `step-*` folders, and the next save removes leftover `.tmp-*` folders.
+The checkpoint root must be one folder every rank sees (a shared filesystem on a cluster).
+DCP reshards on load: a checkpoint resumes on any number of ranks (RNG states of ranks the
+checkpoint does not have are left as seeded).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
+from torch import nn
+from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+STEP_PREFIX = "step-"
+TMP_PREFIX = ".tmp-"
+TRAINER_FILE = "trainer.json"
+HF_DIR = "hf"
+
+
+@dataclass
+class TrainerState:
+    """What a checkpoint records besides tensors."""
+
+    step: int
+    """Policy updates done (the policy version)."""
+    model_path: str
+    """Folder the model was loaded from."""
+    dtype: str
+    """Engine dtype (model.dtype) that `export_hf` writes the weights in."""
+    world_size: int = 1
+    """Learner ranks that wrote it (any number can load it)."""
+    extra: dict[str, Any] = field(default_factory=dict)
+    """The driver's data position (prompt-stream position, groups not yet trained on), as JSON."""
+
+
+def latest_checkpoint(root: str | Path) -> Path | None:
+    """The complete checkpoint with the highest step under root, or None."""
+    root = Path(root)
+    if not root.is_dir():
+        return None
+    done = [p for p in root.iterdir() if p.name.startswith(STEP_PREFIX) and (p / TRAINER_FILE).is_file()]
+    return max(done, key=lambda p: int(p.name.removeprefix(STEP_PREFIX)), default=None)
+
+
+def _rng_state() -> dict:
+    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if state["cuda"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _save_model_files(model_path: str, out: Path) -> None:
+    """Config, tokenizer, processor and chat template of a model (folder or hub id), no weights."""
+    from transformers import AutoConfig, AutoProcessor, GenerationConfig
+
+    AutoConfig.from_pretrained(model_path).save_pretrained(out)
+    AutoProcessor.from_pretrained(model_path).save_pretrained(out)
+    try:
+        GenerationConfig.from_pretrained(model_path).save_pretrained(out)
+    except OSError:  # the model has no generation config
+        pass
+
+
+def save_checkpoint(root: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer,
+                    state: TrainerState) -> Path:
+    """Write a checkpoint of this step atomically; every rank calls it. Returns its folder."""
+    rank = dist.get_rank()
+    root = Path(root)
+    final = root / f"{STEP_PREFIX}{state.step:08d}"
+    staging = root / f"{TMP_PREFIX}{final.name}"
+    if rank == 0:
+        root.mkdir(parents=True, exist_ok=True)
+        for leftover in root.glob(f"{TMP_PREFIX}*"):  # from a crash during an earlier save
+            shutil.rmtree(leftover)
+        staging.mkdir()
+        _save_model_files(state.model_path, staging / HF_DIR)
+    dist.barrier()
+    model_state, optim_state = get_state_dict(model, optimizer)
+    dcp.save({"model": model_state, "optim": optim_state}, checkpoint_id=staging)
+    torch.save(_rng_state(), staging / f"rng-rank{rank}.pt")
+    dist.barrier()
+    if rank == 0:
+        (staging / TRAINER_FILE).write_text(json.dumps(asdict(state), indent=2))
+        old = root / f"{TMP_PREFIX}{final.name}.old"
+        if final.exists():  # re-saving a step (after a resume): swap, then drop the old one
+            final.rename(old)
+        os.replace(staging, final)
+        shutil.rmtree(old, ignore_errors=True)
+    dist.barrier()
+    return final
+
+
+def read_trainer_state(path: str | Path) -> TrainerState:
+    """The non-tensor part of a checkpoint."""
+    return TrainerState(**json.loads((Path(path) / TRAINER_FILE).read_text()))
+
+
+def load_checkpoint(path: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> TrainerState:
+    """Restore model, optimizer and this rank's RNG in place; every rank calls it."""
+    path = Path(path)
+    model_state, optim_state = get_state_dict(model, optimizer)
+    state = {"model": model_state, "optim": optim_state}
+    dcp.load(state, checkpoint_id=path)
+    set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
+    rng_file = path / f"rng-rank{dist.get_rank()}.pt"
+    if rng_file.is_file():
+        _set_rng_state(torch.load(rng_file, weights_only=False))
+    return read_trainer_state(path)
+
+
+def export_hf(checkpoint: str | Path, out_dir: str | Path) -> Path:
+    """Write a Hugging Face folder (weights in the engine dtype, config, processor) from a checkpoint.
+
+    checkpoint is one checkpoint folder, or a root of them (then the latest is exported). Runs
+    in one process without a process group: DCP reassembles the shards of any world size. Needs
+    only the checkpoint (its `hf/` folder holds config and processor). The result loads with
+    `from_pretrained` and in vLLM like the original model folder.
+    """
+    from transformers import AutoConfig, Qwen2_5_VLForConditionalGeneration
+
+    checkpoint, out_dir = Path(checkpoint), Path(out_dir)
+    if not (checkpoint / TRAINER_FILE).is_file() and latest_checkpoint(checkpoint) is not None:
+        checkpoint = latest_checkpoint(checkpoint)
+    state = read_trainer_state(checkpoint)
+    config = AutoConfig.from_pretrained(checkpoint / HF_DIR)
+    with torch.device("meta"):  # no random init: every saved tensor is overwritten below
+        model = Qwen2_5_VLForConditionalGeneration._from_config(config, dtype=torch.float32)
+    model.to_empty(device="cpu")
+    weights = {"model": model.state_dict()}
+    with warnings.catch_warnings():  # "assuming the intent is to load in a single process": it is
+        warnings.simplefilter("ignore", UserWarning)
+        dcp.load(weights, checkpoint_id=checkpoint, no_dist=True)  # in place; raises if a tensor is missing
+    model.tie_weights()  # to_empty gave tied parameters separate storage; ties again if the config ties
+    shutil.copytree(checkpoint / HF_DIR, out_dir, dirs_exist_ok=True)
+    model.to(getattr(torch, state.dtype)).save_pretrained(out_dir)
+    return out_dir

@@ -1,0 +1,128 @@
+"""The learner group: M `LearnerWorker` ranks as Ray actors forming one torch.distributed group.
+
+Ranks are gang-scheduled with a placement group (all or none start); rank 0's node picks a free
+port, and every rank joins the process group there (gloo on CPU, NCCL on GPU). The driver holds
+a `LearnerGroup` and calls its methods; each fans out to every rank and waits.
+"""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import numpy as np
+import ray
+from ray.util.placement_group import placement_group, remove_placement_group
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+from transformers import AutoConfig
+
+from learner.batching import StepShard, check_trajectory, make_shards, score_groups
+from learner.checkpoint import TrainerState, latest_checkpoint
+from learner.weights import WeightsRef
+from learner.worker import LearnerWorker
+from zoomrl.config import Config
+from zoomrl.types import Group
+
+LearnerActor = ray.remote(LearnerWorker)  # the actor is the plain class, nothing added
+
+
+def free_port() -> int:
+    """A TCP port free on this host now (the OS picks it)."""
+    with socket.socket() as sock:
+        sock.bind(("", 0))
+        return sock.getsockname()[1]
+
+
+@ray.remote(num_cpus=0)
+def _rendezvous_address() -> tuple[str, int]:
+    return ray.util.get_node_ip_address(), free_port()
+
+
+class LearnerGroup:
+    """The driver's handle on the learner ranks, which load the policy from model_path."""
+
+    def __init__(self, cfg: Config, model_path: str) -> None:
+        if cfg.weight_sync.method != "object_store":
+            raise NotImplementedError(f"weight_sync.method={cfg.weight_sync.method!r}: only object_store "
+                                      "is built (see learner/README.md)")
+        self.cfg = cfg
+        learner = cfg.learner
+        bundle = {"CPU": learner.num_cpus_per_rank} | (
+            {"GPU": learner.num_gpus_per_rank} if learner.num_gpus_per_rank > 0 else {})
+        self.placement = placement_group([bundle] * learner.num_ranks, strategy="PACK")
+        ray.get(self.placement.ready())
+        on_rank = [PlacementGroupSchedulingStrategy(self.placement, placement_group_bundle_index=rank)
+                   for rank in range(learner.num_ranks)]
+        address, port = ray.get(_rendezvous_address.options(scheduling_strategy=on_rank[0]).remote())
+        self.image_token_id = AutoConfig.from_pretrained(model_path).image_token_id
+        self.workers = [
+            LearnerActor.options(num_cpus=learner.num_cpus_per_rank, num_gpus=learner.num_gpus_per_rank,
+                                 scheduling_strategy=on_rank[rank])
+            .remote(cfg, model_path, rank, learner.num_ranks, address, port)
+            for rank in range(learner.num_ranks)
+        ]
+        self.num_parameters = ray.get([w.num_parameters.remote() for w in self.workers])[0]
+        self.step = 0
+
+    def plan(self, groups: list[Group]) -> tuple[list[list[StepShard]], int]:
+        """Advantages, checks and the split into per-rank shards of one policy update.
+
+        Returns (shards[rank][optimizer_step], number of groups filtered out). Raises BatchError
+        naming the first trajectory the learner cannot train on, before any rank starts.
+        """
+        learner, model = self.cfg.learner, self.cfg.model
+        scored = score_groups(groups, learner.norm_adv_by_std, learner.filter_zero_adv_groups)
+        for item in (item for group in scored for item in group):
+            check_trajectory(item, self.image_token_id, model.min_pixels, model.max_pixels)
+        shards: list[list[StepShard]] = [[] for _ in self.workers]
+        if not scored:
+            return shards, len(groups)
+        for chunk in np.array_split(np.arange(len(scored)), min(learner.updates_per_step, len(scored))):
+            items = [item for g in chunk for item in scored[g]]
+            for rank, shard in enumerate(make_shards(items, len(self.workers), learner.micro_batch_tokens)):
+                shards[rank].append(shard)
+        return shards, len(groups) - len(scored)
+
+    def train_step(self, groups: list[Group]) -> dict[str, float]:
+        """One policy update on these groups; returns its metrics (see learner/README.md).
+
+        If every group was filtered out (all-equal rewards), nothing is trained and the policy
+        version stays; the metrics then say optimizer_steps 0.
+        """
+        shards, filtered = self.plan(groups)
+        if not shards[0]:
+            return {"optimizer_steps": 0, "groups_filtered": filtered, "step": self.step}
+        metrics = ray.get([w.train_step.remote(s) for w, s in zip(self.workers, shards, strict=True)])[0]
+        self.step = int(metrics["step"])
+        return metrics | {"groups_filtered": filtered}
+
+    def publish_weights(self, version: int) -> WeightsRef:
+        """Gather the full weights (engine dtype, HF names) once into the object store."""
+        refs = [w.state_dict_for_engine.remote() for w in self.workers]
+        ray.get(refs[1:])  # the other ranks' empty results: the gather is done, errors surface
+        return WeightsRef(version, refs[0])
+
+    def save_checkpoint(self, root: str | Path, step: int, extra: dict) -> str:
+        """Checkpoint step `step` (the current one) under root, with the driver's JSON-able
+        data position `extra`; returns the checkpoint folder."""
+        return ray.get([w.save_checkpoint.remote(str(root), step, extra) for w in self.workers])[0]
+
+    def load_checkpoint(self, path: str | Path) -> TrainerState:
+        """Resume model, optimizer, step and RNG from one checkpoint folder."""
+        state = ray.get([w.load_checkpoint.remote(str(path)) for w in self.workers])[0]
+        self.step = state.step
+        return state
+
+    def load_latest_checkpoint(self, root: str | Path) -> TrainerState:
+        """Resume from the newest complete checkpoint under root; FileNotFoundError if none."""
+        path = latest_checkpoint(root)
+        if path is None:
+            raise FileNotFoundError(f"no complete checkpoint under {root}")
+        return self.load_checkpoint(path)
+
+    def shutdown(self) -> None:
+        """Leave the process group, stop the actors and free their resources."""
+        ray.get([w.close.remote() for w in self.workers])
+        for worker in self.workers:
+            ray.kill(worker)
+        remove_placement_group(self.placement)

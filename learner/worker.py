@@ -1,0 +1,211 @@
+"""One learner rank: a FSDP2 shard of the policy, its optimizer, and the GRPO update.
+
+A plain class: `learner.group` runs one per Ray actor, and tests run it in-process (world size 1)
+without Ray. Every public method except `num_parameters` is collective: all ranks call it
+together, in the same order, with their own shard of the data.
+"""
+
+from __future__ import annotations
+
+import resource
+import time
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_optimizer_state_dict,
+)
+from torch.distributed.device_mesh import init_device_mesh
+from torch.distributed.tensor import DTensor
+from torch.utils._pytree import tree_map_only
+from transformers import AutoImageProcessor
+
+from learner.batching import MicroBatch, StepShard, collate
+from learner.checkpoint import TrainerState, load_checkpoint, save_checkpoint
+from learner.grpo import grpo_loss
+from learner.model import load_policy, parallelize, token_logprobs
+from learner.weights import full_state_dict
+from zoomrl.config import Config
+
+# Loss statistics summed over micro-batches and ranks. Each is normalized by the step's global
+# counts, so the sums are batch means; "tokens" is the exception (tokens through forward and
+# backward, for tokens/s).
+LOSS_STATS = ("loss", "clip_fraction", "dual_clip_fraction", "approx_kl", "tokens")
+
+
+class LearnerWorker:
+    """Rank `rank` of `world_size`; joins the process group at master_addr:master_port."""
+
+    def __init__(self, cfg: Config, model_path: str, rank: int, world_size: int, master_addr: str,
+                 master_port: int) -> None:
+        self.cfg = cfg
+        self.learner = cfg.learner
+        self.model_path = model_path
+        self.rank = rank
+        self.world_size = world_size
+        use_gpu = self.learner.num_gpus_per_rank > 0
+        if use_gpu:  # Ray gives each GPU rank one visible device
+            torch.cuda.set_device(0)
+        self.device = torch.device("cuda", 0) if use_gpu else torch.device("cpu")
+        dist.init_process_group("nccl" if use_gpu else "gloo", init_method=f"tcp://{master_addr}:{master_port}",
+                                rank=rank, world_size=world_size, device_id=self.device if use_gpu else None)
+        torch.manual_seed(cfg.run.seed + rank)
+        mesh = init_device_mesh(self.device.type, (world_size,))
+        bf16 = use_gpu and self.learner.mixed_precision
+        self.model = parallelize(load_policy(model_path), mesh, bf16=bf16,
+                                 activation_checkpointing=self.learner.activation_checkpointing)
+        self.reference = None  # KL 0 (the recipe): no reference model is built or loaded
+        if self.learner.kl_coef > 0:
+            self.reference = parallelize(load_policy(model_path).eval().requires_grad_(False),
+                                         mesh, bf16=bf16, activation_checkpointing=False)
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=self.learner.lr,
+                                           weight_decay=self.learner.weight_decay)
+        size = {"shortest_edge": cfg.model.min_pixels, "longest_edge": cfg.model.max_pixels}
+        self.image_processor = AutoImageProcessor.from_pretrained(model_path, size=size)
+        self.step = 0
+        self.stat_keys = list(LOSS_STATS) + ["entropy"] * self.learner.compute_entropy
+        self.stat_keys += ["kl_ref"] * (self.reference is not None)
+
+    def num_parameters(self) -> int:
+        """Parameters of the whole (unsharded) policy; also tells the caller the rank is up."""
+        return sum(p.numel() for p in self.model.parameters())
+
+    def train_step(self, shards: list[StepShard]) -> dict[str, float]:
+        """One policy update: one optimizer step per shard (one by default); returns its metrics
+        (defined in learner/README.md), identical on every rank."""
+        start = time.perf_counter()
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+        batches = [self._prepare(shard) for shard in shards]  # all old logprobs before any step
+        steps = [self._accumulate(batch, shard) | self.optimizer_step()
+                 for batch, shard in zip(batches, shards, strict=True)]
+        self.step += 1
+        metrics = {key: sum(s[key] for s in steps) / len(steps) for key in steps[0] if key != "tokens"}
+        elapsed = torch.tensor(time.perf_counter() - start, device=self.device)
+        dist.all_reduce(elapsed, op=dist.ReduceOp.MAX)
+        metrics["learner_tokens_per_s"] = sum(s["tokens"] for s in steps) / float(elapsed)
+        metrics["learner_peak_memory_bytes"] = self._peak_memory_bytes()
+        metrics["step"] = self.step
+        metrics["optimizer_steps"] = len(shards)
+        metrics["micro_batches"] = sum(len(shard.micro_batches) for shard in shards)
+        return metrics
+
+    def forward_backward(self, shard: StepShard) -> dict[str, float]:
+        """Gradients of one shard's loss, accumulated over its micro-batches (no optimizer step);
+        returns the loss statistics summed over ranks."""
+        return self._accumulate(self._prepare(shard), shard)
+
+    def optimizer_step(self) -> dict[str, float]:
+        """Clip the global gradient norm, then step AdamW (skipped when the norm is not finite)."""
+        norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.learner.grad_clip)
+        norm = norm.full_tensor() if isinstance(norm, DTensor) else norm
+        finite = bool(torch.isfinite(norm))
+        if finite:
+            self.optimizer.step()
+        return {"grad_norm": float(norm), "nonfinite_grad": float(not finite)}
+
+    def gradients(self) -> dict[str, Tensor]:
+        """Full gradients of the last backward on rank 0 ({} elsewhere), by parameter name."""
+        grads = {}
+        for name, param in self.model.named_parameters():
+            grad = param.grad.full_tensor() if isinstance(param.grad, DTensor) else param.grad
+            if self.rank == 0:
+                grads[name] = grad.cpu()
+        return grads
+
+    def snapshot(self) -> tuple[dict[str, Tensor], dict]:
+        """Full model and optimizer state dicts on rank 0, CPU ({} elsewhere): for tests and
+        debugging (checkpoints stay sharded). Before the first update the optimizer part is {}:
+        asking torch for it then would run a fake AdamW step that shifts its bias correction."""
+        options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+        optim = {}
+        if self.optimizer.state:
+            optim = get_optimizer_state_dict(self.model, self.optimizer, options=options)
+        state = (get_model_state_dict(self.model, options=options), optim)
+        # copies: on one CPU rank the gathered tensors are the live parameters themselves
+        return tree_map_only(Tensor, torch.clone, state)
+
+    def state_dict_for_engine(self) -> dict[str, Tensor]:
+        """Full HF state dict in the engine dtype on rank 0 ({} elsewhere); see learner.weights."""
+        return full_state_dict(self.model, getattr(torch, self.cfg.model.dtype))
+
+    def save_checkpoint(self, root: str, step: int, extra: dict) -> str:
+        """Checkpoint this step under root (atomically); returns the checkpoint folder.
+
+        step must be the learner's own count of updates (a guard against a driver that lost track).
+        """
+        if step != self.step:
+            raise ValueError(f"asked to checkpoint step {step}, but the learner is at step {self.step}")
+        if not self.optimizer.state:  # torch would fill it with a fake step (see `snapshot`)
+            raise ValueError("no update yet, nothing to checkpoint: step 0 is the model at its path")
+        state = TrainerState(self.step, self.model_path, self.cfg.model.dtype, self.world_size, extra)
+        return str(save_checkpoint(root, self.model, self.optimizer, state))
+
+    def load_checkpoint(self, path: str) -> TrainerState:
+        """Resume model, optimizer, step and RNG from a checkpoint folder."""
+        state = load_checkpoint(Path(path), self.model, self.optimizer)
+        self.step = state.step
+        return state
+
+    def close(self) -> None:
+        """Leave the process group (lets a process host another worker later)."""
+        dist.destroy_process_group()
+
+    def _prepare(self, shard: StepShard) -> list[MicroBatch]:
+        """Collate the shard's micro-batches; with ratio_against=recompute, replace the behaviour
+        logprobs by the current policy's (call before any optimizer step of this update)."""
+        batches = [collate(items, self.image_processor, self.model) for items in shard.micro_batches]
+        if self.learner.ratio_against == "recompute":
+            with torch.no_grad():
+                for batch in batches:
+                    batch.old_logprobs = token_logprobs(self.model, batch.to(self.device), self._temperature,
+                                                        False)[0].cpu()
+        return batches
+
+    @property
+    def _temperature(self) -> float:
+        return self.cfg.rollout.temperature
+
+    def _accumulate(self, batches: list[MicroBatch], shard: StepShard) -> dict[str, float]:
+        """Forward/backward every micro-batch; returns the step's loss statistics (all ranks)."""
+        self.optimizer.zero_grad(set_to_none=True)
+        totals = dict.fromkeys(self.stat_keys, 0.0)
+        for batch in batches:
+            batch = batch.to(self.device)
+            logprobs, entropy = token_logprobs(self.model, batch, self._temperature,
+                                               self.learner.compute_entropy)
+            ref = None
+            if self.reference is not None:
+                with torch.no_grad():
+                    ref = token_logprobs(self.reference, batch, self._temperature, False)[0]
+            loss, stats = grpo_loss(
+                logprobs, batch.old_logprobs, batch.advantages, batch.loss_mask, batch.seq_index,
+                clip_low=self.learner.clip_ratio_low, clip_high=self.learner.clip_ratio_high,
+                dual_clip=self.learner.dual_clip, loss_agg=self.learner.loss_agg,
+                num_tokens=shard.num_tokens, num_seqs=shard.num_seqs, ref_logprobs=ref,
+                kl_coef=self.learner.kl_coef)
+            loss.backward()
+            stats["loss"] = loss.detach()
+            if entropy is not None:
+                stats["entropy"] = (entropy * batch.loss_mask).sum() / shard.num_tokens
+            stats["tokens"] = batch.num_tokens * float(batch.loss_mask.any())  # fillers train nothing
+            for key, value in stats.items():
+                totals[key] += float(value)
+        summed = torch.tensor([totals[key] for key in self.stat_keys], dtype=torch.float64,
+                              device=self.device)
+        dist.all_reduce(summed)
+        return dict(zip(self.stat_keys, summed.tolist(), strict=True))
+
+    def _peak_memory_bytes(self) -> float:
+        """Largest peak over ranks: CUDA memory allocated during this update, or on CPU the
+        process's peak resident set size so far (Linux reports it in KiB)."""
+        if self.device.type == "cuda":
+            peak = torch.tensor(float(torch.cuda.max_memory_allocated(self.device)), device=self.device)
+        else:
+            peak = torch.tensor(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024.0)  # CPU: gloo
+        dist.all_reduce(peak, op=dist.ReduceOp.MAX)
+        return float(peak)

@@ -1,0 +1,112 @@
+"""Helpers for learner tests: a world-size-1 learner rank in this process, and a plain,
+single-process GRPO reference to check the learner against: no FSDP, no packing, no
+micro-batches, one unpacked Hugging Face forward per trajectory, and the formula written out
+again here (not imported from learner/), so a shared mistake cannot hide.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+from torch import Tensor
+from trajectories import hf_logprobs_grad
+
+from learner.batching import StepShard, make_shards, score_groups
+from learner.group import free_port
+from learner.worker import LearnerWorker
+from zoomrl.config import LearnerConfig, load_config
+from zoomrl.types import Group
+
+CPU_LEARNER = ["learner.num_ranks=1", "learner.num_gpus_per_rank=0", "learner.num_cpus_per_rank=1"]
+
+
+@contextlib.contextmanager
+def local_worker(model_path: str, *overrides: str) -> Iterator[LearnerWorker]:
+    """A world-size-1 LearnerWorker (tiny-cpu config + overrides) in this process; it leaves the
+    process group on exit, so the next one can start."""
+    cfg = load_config("tiny-cpu", CPU_LEARNER + list(overrides))
+    worker = LearnerWorker(cfg, model_path, rank=0, world_size=1, master_addr="127.0.0.1",
+                           master_port=free_port())
+    try:
+        yield worker
+    finally:
+        worker.close()
+
+
+def shard_of(worker: LearnerWorker, groups: list[Group], token_budget: int) -> StepShard:
+    """All of groups as one rank's share of one optimizer step."""
+    cfg = worker.learner
+    items = [i for g in score_groups(groups, cfg.norm_adv_by_std, cfg.filter_zero_adv_groups) for i in g]
+    return make_shards(items, 1, token_budget)[0]
+
+
+def assert_grads_close(grads: dict[str, Tensor], expected: dict[str, Tensor]) -> None:
+    """Same names; each tensor equal to 2e-5 relative (elementwise and of the tensor's scale)."""
+    assert grads.keys() == expected.keys()
+    for name, want in expected.items():
+        scale = float(want.abs().max())
+        assert torch.allclose(grads[name], want, rtol=2e-5, atol=1e-7 + 2e-5 * scale), name
+
+
+def assert_same_state(got: tuple[dict, dict], want: tuple[dict, dict]) -> None:
+    """Model and optimizer state dicts (as `LearnerWorker.snapshot` gives) bit-identical."""
+    def flatten(tree, prefix=""):
+        if isinstance(tree, dict):
+            return [kv for key in sorted(tree, key=str) for kv in flatten(tree[key], f"{prefix}/{key}")]
+        if isinstance(tree, list | tuple):
+            return [kv for i, item in enumerate(tree) for kv in flatten(item, f"{prefix}/{i}")]
+        return [(prefix, tree)]
+    got_items, want_items = flatten(got), flatten(want)
+    assert [k for k, _ in got_items] == [k for k, _ in want_items]
+    for (key, a), (_, b) in zip(got_items, want_items, strict=True):
+        same = torch.equal(a, b) if isinstance(a, Tensor) else a == b
+        assert same, key
+
+
+def advantages(rewards: np.ndarray, norm_by_std: bool) -> np.ndarray:
+    """(n,) GRPO advantages of one group: (r - mean) / (unbiased std + 1e-6)."""
+    centered = rewards - rewards.mean()
+    return centered / (rewards.std(ddof=1) + 1e-6) if norm_by_std else centered
+
+
+def reference_loss(model, processor, groups: list[Group], learner: LearnerConfig,
+                   temperature: float = 1.0) -> Tensor:
+    """The whole batch's GRPO loss as one differentiable scalar."""
+    per_seq_sums, per_seq_counts = [], []
+    for group in groups:
+        rewards = np.array([t.reward for t in group.trajectories], dtype=np.float64)
+        if learner.filter_zero_adv_groups and rewards.max() == rewards.min():
+            continue
+        for traj, adv in zip(group.trajectories, advantages(rewards, learner.norm_adv_by_std), strict=True):
+            logprobs = hf_logprobs_grad(model, processor, traj, temperature)  # (T,)
+            ratio = torch.exp(logprobs - torch.tensor(traj.behavior_logprobs))
+            a = float(adv)
+            low, high = 1 - learner.clip_ratio_low, 1 + learner.clip_ratio_high
+            loss = torch.maximum(-a * ratio, -a * ratio.clamp(low, high))
+            if a < 0 and learner.dual_clip > 0:
+                loss = torch.minimum(loss, torch.full_like(loss, -a * learner.dual_clip))
+            mask = torch.tensor(traj.loss_mask, dtype=torch.float32)
+            per_seq_sums.append((loss * mask).sum())
+            per_seq_counts.append(mask.sum())
+    if learner.loss_agg == "token-mean":
+        return torch.stack(per_seq_sums).sum() / torch.stack(per_seq_counts).sum()
+    return torch.stack([s / c for s, c in zip(per_seq_sums, per_seq_counts, strict=True)]).mean()
+
+
+def reference_grads(model, processor, groups: list[Group], learner: LearnerConfig
+                    ) -> tuple[float, dict[str, Tensor]]:
+    """(loss, gradients by parameter name) of `reference_loss` on a plain model."""
+    model.zero_grad(set_to_none=True)
+    loss = reference_loss(model, processor, groups, learner)
+    loss.backward()
+    return loss.item(), {name: p.grad.clone() for name, p in model.named_parameters()}
+
+
+def reference_step(model, learner: LearnerConfig) -> float:
+    """Clip the gradient norm and take one AdamW step, as the learner's config says; returns the norm."""
+    norm = torch.nn.utils.clip_grad_norm_(model.parameters(), learner.grad_clip)
+    torch.optim.AdamW(model.parameters(), lr=learner.lr, weight_decay=learner.weight_decay).step()
+    return float(norm)

@@ -1,0 +1,152 @@
+"""The learner group as it runs: 2 ranks as Ray actors, one gloo process group, FSDP2 shards.
+
+Checked against the plain single-process reference (tests/learner_helpers.py) on real multi-turn
+multimodal trajectories. Tolerances (fp32, CPU): loss 1e-5 relative; gradients 2e-5 relative of
+each tensor's scale; parameters after one clipped AdamW step 1e-6 relative + 1e-7 absolute (a
+first AdamW step moves each parameter by about lr = 1e-3).
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import ray
+import torch
+from learner_helpers import assert_grads_close, assert_same_state, reference_grads, reference_step
+from trajectories import make_groups
+from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
+
+from learner.checkpoint import export_hf, latest_checkpoint
+from learner.group import LearnerGroup
+from zoomrl.config import load_config
+
+pytestmark = pytest.mark.slow
+
+OVERRIDES = [
+    "learner.num_ranks=2", "learner.num_gpus_per_rank=0", "learner.num_cpus_per_rank=1",
+    "learner.micro_batch_tokens=500",  # several micro-batches per rank, and fillers
+    "learner.grad_clip=0.1",  # below the gradient norm: clipping is active
+    "learner.lr=1e-3", "learner.filter_zero_adv_groups=true",
+]
+
+
+@pytest.fixture(scope="module")
+def cfg():
+    return load_config("tiny-cpu", OVERRIDES)
+
+
+@pytest.fixture(scope="module")
+def group(ray_cluster, cfg, tiny_model_path):
+    learner_group = LearnerGroup(cfg, tiny_model_path)
+    yield learner_group
+    learner_group.shutdown()
+
+
+@pytest.fixture(scope="module")
+def groups(tiny_model_path):
+    return make_groups(tiny_model_path, num_groups=2, n=4, seed=0)
+
+
+def snapshot(group: LearnerGroup) -> tuple[dict, dict]:
+    return ray.get([w.snapshot.remote() for w in group.workers])[0]
+
+
+def plain_model(model_path: str, weights: dict) -> Qwen2_5_VLForConditionalGeneration:
+    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(model_path, dtype=torch.float32)
+    model.load_state_dict(weights, strict=True)
+    return model
+
+
+def test_two_ranks_equal_plain_single_process(group, groups, cfg, tiny_model_path):
+    """Loss and gradients of 2 FSDP2 ranks x several packed micro-batches = the plain reference;
+    then the clipped AdamW step gives the same parameters."""
+    assert group.step == 0  # first test on this group: its optimizer is fresh, like the reference's
+    before = snapshot(group)[0]
+    model, processor = plain_model(tiny_model_path, before), AutoProcessor.from_pretrained(tiny_model_path)
+    want_loss, want_grads = reference_grads(model, processor, groups, cfg.learner)
+
+    shards, filtered = group.plan(groups)
+    assert filtered == 0 and [len(s) for s in shards] == [1, 1]  # one optimizer step per rank
+    assert all(len(s[0].micro_batches) >= 2 for s in shards)
+    stats = ray.get([w.forward_backward.remote(s[0]) for w, s in zip(group.workers, shards, strict=True)])
+    assert stats[0] == stats[1]  # summed over ranks: every rank reports the same
+    assert stats[0]["loss"] == pytest.approx(want_loss, rel=1e-5)
+    grads = ray.get([w.gradients.remote() for w in group.workers])
+    assert grads[1] == {}
+    assert_grads_close(grads[0], want_grads)
+
+    # the optimizer step on the learner's own gradients (AdamW divides by |g| + 1e-8, which
+    # would magnify rounding differences of gradients near 1e-8 into visible parameter changes)
+    for name, param in model.named_parameters():
+        param.grad = grads[0][name].clone()
+    want_norm = reference_step(model, cfg.learner)
+    metrics = group.train_step(groups)
+    assert metrics["step"] == 1 == group.step and metrics["groups_filtered"] == 0
+    assert metrics["loss"] == pytest.approx(want_loss, rel=1e-5)
+    assert metrics["grad_norm"] == pytest.approx(want_norm, rel=1e-5) and want_norm > 0.1
+    after = snapshot(group)[0]
+    for name, param in model.state_dict().items():
+        assert torch.allclose(after[name], param, atol=1e-7, rtol=1e-6), name
+        assert not torch.equal(after[name], before[name]), name
+
+
+def test_metrics_per_update(group, groups):
+    metrics = group.train_step(groups)
+    for key in ("loss", "clip_fraction", "dual_clip_fraction", "approx_kl", "entropy", "grad_norm",
+                "learner_tokens_per_s", "learner_peak_memory_bytes"):
+        assert isinstance(metrics[key], float), key
+    assert 0 < metrics["clip_fraction"] < 1 and metrics["approx_kl"] > 0 and metrics["entropy"] > 0
+    assert metrics["learner_tokens_per_s"] > 0 and metrics["learner_peak_memory_bytes"] > 2**20
+    assert metrics["optimizer_steps"] == 1 and metrics["micro_batches"] >= 2  # per rank
+    assert "kl_ref" not in metrics  # kl_coef 0: no reference model
+
+
+def test_all_equal_reward_groups_are_filtered(group, groups):
+    flat = copy.deepcopy(groups[0])
+    for traj in flat.trajectories:
+        traj.reward = 0.2
+    step = group.step
+    assert group.train_step([flat]) == {"optimizer_steps": 0, "groups_filtered": 1, "step": step}
+    assert group.step == step
+    metrics = group.train_step([flat, groups[1]])
+    assert metrics["groups_filtered"] == 1 and group.step == step + 1
+
+
+def test_publish_weights_through_the_object_store(group, tiny_model_path):
+    weights = group.publish_weights(group.step)
+    assert weights.version == group.step
+    state = ray.get(weights.ref)
+    expected = snapshot(group)[0]
+    assert state.keys() == expected.keys()
+    assert all(torch.equal(state[k], expected[k]) and state[k].dtype == torch.float32 for k in state)
+    plain_model(tiny_model_path, state)  # HF names: loads strictly into the rollout-side model
+
+    @ray.remote(num_cpus=0)
+    def total(resolved: dict) -> float:  # a top-level ref argument arrives as the dict itself
+        return float(sum(t.double().sum() for t in resolved.values()))
+
+    expected_total = sum(float(t.double().sum()) for t in state.values())
+    assert ray.get(total.remote(weights.ref)) == pytest.approx(expected_total)
+
+
+def test_checkpoint_resume_and_export_two_ranks(group, groups, tmp_path):
+    step = group.step
+    path = group.save_checkpoint(tmp_path, step, {"stream": {"epoch": 1, "index": 3}})
+    assert len(list((tmp_path / f"step-{step:08d}").glob("*.distcp"))) == 2  # one shard file per rank
+    saved = snapshot(group)
+    group.train_step(groups)
+    continued = snapshot(group)
+    state = group.load_latest_checkpoint(tmp_path)
+    assert state.step == step == group.step and state.extra == {"stream": {"epoch": 1, "index": 3}}
+    assert state.world_size == 2
+    assert_same_state(snapshot(group), saved)
+    group.train_step(groups)
+    assert_same_state(snapshot(group), continued)
+    # the 2-rank sharded checkpoint exports in one process to the same full weights
+    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(export_hf(latest_checkpoint(tmp_path),
+                                                                         tmp_path / "hf"))
+    assert all(torch.equal(t, saved[0][k]) for k, t in model.state_dict().items())
+    assert str(latest_checkpoint(tmp_path)) == path
+    with pytest.raises(FileNotFoundError, match="no complete checkpoint"):
+        group.load_latest_checkpoint(tmp_path / "empty")
