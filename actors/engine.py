@@ -70,6 +70,9 @@ class VLLMEngine:
             os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(engine.cpu_kvcache_space_gib)
         self.cfg = cfg
         self.logprobs_mode = "raw_logprobs" if cfg.rollout.temperature == 1.0 else "processed_logprobs"
+        # vLLM 0.32 on CPU crashes the engine when a SEEDED request's prefill is split into chunks
+        # ('CPU Generator does not use offset'), so seeded CPU runs prefill whole prompts.
+        chunked_prefill = torch.cuda.is_available() or cfg.rollout.seed is None
         args = AsyncEngineArgs(
             model=model_path, dtype=cfg.model.dtype, seed=cfg.run.seed,
             max_model_len=engine.max_model_len, tensor_parallel_size=engine.tensor_parallel_size,
@@ -80,6 +83,8 @@ class VLLMEngine:
             mm_processor_kwargs={"size": {"shortest_edge": cfg.model.min_pixels,
                                           "longest_edge": cfg.model.max_pixels}},
             logprobs_mode=self.logprobs_mode,
+            enable_chunked_prefill=chunked_prefill,
+            max_num_batched_tokens=None if chunked_prefill else engine.max_model_len,
             logits_processors=list(engine.logits_processors) or None,
         )
         self.llm = AsyncLLM.from_engine_args(args)

@@ -42,18 +42,6 @@ def test_unbuilt_subcommands_do_not_exist():
     assert result.returncode == 2 and "invalid choice" in result.stderr
 
 
-def test_train_does_the_first_half_of_a_run(tmp_path):
-    result = zoomrl("train", f"run.runs_dir={tmp_path / 'runs'}", f"model.cache_dir={tmp_path}",
-                    "data.synth.n_train=4", "data.synth.n_test=2", "data.synth.image_size=512")
-    assert result.returncode == 0, result.stderr
-    [run_dir] = (tmp_path / "runs").iterdir()
-    saved = yaml.safe_load((run_dir / "config.yaml").read_text())
-    assert saved["data"]["synth"]["n_train"] == 4 and saved["run"]["runs_dir"] == str(tmp_path / "runs")
-    assert "train data: 4 prompts" in result.stdout
-    assert "not built yet" in result.stdout
-    assert any((tmp_path / "models").iterdir()) and any((tmp_path / "data").iterdir())
-
-
 @pytest.mark.slow
 def test_rollout_writes_trajectories_from_the_embedded_default(tmp_path):
     out = tmp_path / "rollouts.jsonl"

@@ -9,8 +9,9 @@ import argparse
 import json
 import sys
 import time
+from pathlib import Path
 
-from zoomrl.config import DEFAULT_PRESET, ConfigError, load_config, preset_names, to_yaml
+from zoomrl.config import DEFAULT_PRESET, ConfigError, load_config, preset_names, save_config, to_yaml
 from zoomrl.data import DataError, read_samples
 
 
@@ -38,21 +39,41 @@ def _cmd_data_synth(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_train(args: argparse.Namespace) -> int:
-    from zoomrl.run_setup import new_run_dir, prepare_inputs
+def _progress(total_steps: int):
+    """One line per step: a bar, the reward, zooms per trajectory and throughput."""
+    def show(figures: dict) -> None:
+        step = int(figures["policy_version"])
+        bar = "#" * (20 * step // total_steps)
+        print(f"step {step}/{total_steps} [{bar:<20}] reward {figures['reward_mean']:+.3f} "
+              f"acc {figures['accuracy']:.2f} zooms/traj {figures['tool_calls_per_trajectory']:.2f} "
+              f"rollout {figures['rollout_tokens_per_s']:.0f} tok/s "
+              f"learner {figures.get('learner_tokens_per_s', 0):.0f} tok/s "
+              f"({figures['step_seconds']:.1f}s)", flush=True)
+    return show
 
-    cfg = load_config(args.config, args.overrides)
-    run_dir = new_run_dir(cfg)
-    print(f"run directory: {run_dir} (resolved config in {run_dir / 'config.yaml'})")
-    start = time.perf_counter()
-    inputs = prepare_inputs(cfg)
-    print(f"model: {inputs.model_path}")
-    samples = read_samples(inputs.train_files, cfg.data.max_decoded_pixels)
-    print(f"train data: {len(samples)} prompts from {', '.join(inputs.train_files)}")
-    print(f"test data: {', '.join(inputs.test_files) or '(none)'}")
-    print(f"set-up took {time.perf_counter() - start:.1f}s")
-    print("Training itself is not built yet: rollout actors, the learner group and the driver "
-          "land in later issues. Config, model and data above are ready for it.")
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from zoomrl.driver import Driver
+    from zoomrl.run_setup import new_run_dir
+
+    if args.resume:
+        run_dir = Path(args.resume)
+        cfg = load_config(str(run_dir / "config.yaml"), args.overrides)
+        save_config(cfg, run_dir / "config.yaml")
+    else:
+        cfg = load_config(args.config, args.overrides)
+        run_dir = new_run_dir(cfg)
+    print(f"run directory: {run_dir}", flush=True)
+    driver = Driver(cfg, run_dir, resume=bool(args.resume))
+    try:
+        print(f"metrics: {driver.metrics.url}", flush=True)
+        if "dashboard_url" in driver.ray_info:
+            print(f"Ray dashboard: http://{driver.ray_info['dashboard_url']}", flush=True)
+        print(f"training from step {driver.step} to {cfg.run.total_steps}", flush=True)
+        summary = driver.run(on_step=_progress(cfg.run.total_steps))
+    finally:
+        driver.close()
+    print(f"done: {summary['steps']} steps; metrics.jsonl, trajectories.jsonl and checkpoints in {run_dir}")
     return 0
 
 
@@ -87,6 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = commands.add_parser("train", help="train a policy with GRPO (default: tiny-cpu)")
     _add_config_args(train)
+    train.add_argument("--resume", metavar="RUN_DIR",
+                       help="continue a run from its latest checkpoint (its saved config, plus overrides)")
     train.set_defaults(func=_cmd_train)
 
     data = commands.add_parser("data", help="data utilities")

@@ -419,6 +419,11 @@ def _check_values(cfg: Config) -> None:
         raise ConfigError("learner.clip_ratio_low must be in [0, 1) and learner.clip_ratio_high >= 0")
     if learner.dual_clip != 0 and learner.dual_clip <= 1:
         raise ConfigError(f"learner.dual_clip must be 0 (off) or > 1, got {learner.dual_clip}")
+    in_flight = cfg.learner.prompts_per_step * (cfg.queue.max_staleness + 1)
+    if cfg.queue.capacity_groups < in_flight:
+        raise ConfigError(f"queue.capacity_groups={cfg.queue.capacity_groups} cannot hold the groups the "
+                          f"staleness bound lets the driver request ({in_flight} = "
+                          "learner.prompts_per_step * (queue.max_staleness + 1))")
     if cfg.model.min_pixels > cfg.model.max_pixels:
         raise ConfigError("model.min_pixels must not exceed model.max_pixels")
     if cfg.rollout.max_tokens_per_turn > cfg.rollout.max_response_tokens:

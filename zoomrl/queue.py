@@ -51,6 +51,7 @@ class ReplayQueue:
         self._space = asyncio.Condition()
         self._ready = asyncio.Condition()
         self.produced = self.consumed = self.dropped = 0
+        self._dropped_ids: list[str] = []
         self.max_staleness_seen = 0
 
     async def put(self, item: QueuedGroup) -> bool:
@@ -71,6 +72,7 @@ class ReplayQueue:
         for item in self._items:
             if learner_version - item.policy_version > self.max_staleness:
                 self.dropped += 1
+                self._dropped_ids.append(item.group_id)
             else:
                 kept.append(item)
         self._items = kept
@@ -101,6 +103,15 @@ class ReplayQueue:
         async with self._space:
             self._space.notify_all()
         return batch
+
+    def take_dropped_ids(self) -> list[str]:
+        """Ids of the groups dropped since the last call (the driver requests replacements)."""
+        ids, self._dropped_ids = self._dropped_ids, []
+        return ids
+
+    def queued_ids(self) -> list[str]:
+        """Ids of the groups waiting now (a checkpoint re-issues them after a resume)."""
+        return [item.group_id for item in self._items]
 
     def stats(self) -> QueueStats:
         return QueueStats(self.produced, self.consumed, self.dropped, len(self._items),

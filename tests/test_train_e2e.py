@@ -1,0 +1,86 @@
+"""`zoomrl train` end to end on the embedded default: real Ray, vLLM CPU engine, 2-rank FSDP2 learner.
+
+One run of 3 steps (async, max_staleness 1), scraped over HTTP while it trains, then resumed to a
+4th step from its last checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+SMALL = ["rollout.n=2", "rollout.max_tokens_per_turn=24", "rollout.max_response_tokens=64",
+         "data.synth.n_train=8", "data.synth.n_test=2", "data.synth.image_size=512",
+         "learner.prompts_per_step=2", "run.checkpoint_every=2", "metrics.port=0"]
+
+
+def start(tmp_path, *args):
+    cmd = [sys.executable, "-m", "zoomrl.cli", "train", *args]
+    return subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+
+
+def read_until(process, prefix: str, lines: list[str], timeout_s: float = 600) -> str:
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        line = process.stdout.readline()
+        if not line:
+            raise AssertionError(f"process ended before '{prefix}':\n" + "".join(lines[-60:]))
+        lines.append(line)
+        if line.startswith(prefix):
+            return line
+    raise AssertionError(f"no '{prefix}' within {timeout_s}s")
+
+
+def test_train_runs_scrapes_and_resumes(tmp_path):
+    cache = f"model.cache_dir={tmp_path / 'cache'}"
+    lines: list[str] = []
+    process = start(tmp_path, "run.total_steps=3", f"run.runs_dir={tmp_path / 'runs'}", cache, *SMALL)
+    try:
+        url = read_until(process, "metrics: ", lines).split()[1]
+        read_until(process, "step 1/3", lines)
+        scraped = urllib.request.urlopen(url, timeout=10).read().decode()
+        assert process.wait(timeout=900) == 0, "".join(lines[-60:] + process.stdout.readlines()[-60:])
+    finally:
+        process.kill()
+    for name in ["zoomrl_accuracy", "zoomrl_reward_mean", "zoomrl_tool_calls_per_trajectory",
+                 "zoomrl_grounding_iou", "zoomrl_rollout_tokens_per_s", "zoomrl_learner_tokens_per_s",
+                 "zoomrl_queue_depth", "zoomrl_policy_staleness", "zoomrl_weight_sync_seconds",
+                 "zoomrl_dropped_groups_total", "zoomrl_policy_version"]:
+        assert f"\n{name} " in scraped, name
+    assert "\nzoomrl_policy_version 1.0" in scraped
+
+    [run_dir] = (tmp_path / "runs").iterdir()
+    steps = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [s["step"] for s in steps] == [1, 2, 3]
+    assert [s["policy_version"] for s in steps] == [1, 2, 3]
+    for record in steps:
+        learner_version = record["step"] - 1  # the version the batch was trained against
+        staleness = [learner_version - g["policy_version"] for g in record["batch"]]
+        assert all(0 <= s <= 1 for s in staleness) and len(record["batch"]) == 2
+        queue = record["queue"]
+        assert queue["produced"] == queue["consumed"] + queue["dropped"] + queue["depth"]
+        assert queue["max_staleness_seen"] <= 1
+    trajectories = [json.loads(line) for line in (run_dir / "trajectories.jsonl").read_text().splitlines()]
+    assert {t["step"] for t in trajectories} == {1, 2, 3}
+    assert all(t["policy_version"] <= t["step"] - 1 for t in trajectories)
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["step-00000002", "step-00000003"]
+
+    lines = []
+    resumed = start(tmp_path, "--resume", str(run_dir), "run.total_steps=4")
+    try:
+        assert resumed.wait(timeout=900) == 0, resumed.stdout.read()[-5000:]
+        output = resumed.stdout.read()
+    finally:
+        resumed.kill()
+    assert "training from step 3 to 4" in output and "step 4/4" in output
+    steps = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [s["step"] for s in steps] == [1, 2, 3, 4]
+    assert all(g["policy_version"] == 3 for g in steps[-1]["batch"])  # fresh engines got version 3
