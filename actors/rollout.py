@@ -27,7 +27,12 @@ from actors.imcot import Engine, run_trajectory
 from rewards import score_group, score_group_task
 from tools import ImageView, ToolCall, ToolOutcome, execute_tool, execute_tool_task, initial_view
 from zoomrl.config import Config
+from zoomrl.metrics import RayMetrics
 from zoomrl.types import Group, Sample
+
+# Figures each rollout actor reports per group through ray.util.metrics (tagged with the actor).
+ACTOR_METRICS = ["rollout_tokens_per_s", "accuracy", "reward_mean", "response_tokens",
+                 "tool_calls_per_trajectory"]
 
 
 @dataclass
@@ -63,6 +68,7 @@ class RolloutWorker:
         self._accepting = asyncio.Event()
         self._accepting.set()
         self._update_lock = asyncio.Lock()
+        self._metrics = RayMetrics(ACTOR_METRICS, tag_keys=("actor",)) if use_ray_tasks else None
 
     # Two results: the small GroupInfo the driver reads, and the Group, which stays in the object
     # store (owned by the caller, so it outlives this actor) until the learner fetches it.
@@ -117,6 +123,12 @@ class RolloutWorker:
             accuracy=float(np.mean([t.reward_parts.get("acc", 0.0) for t in group.trajectories])),
             response_tokens=sum(t.num_sampled_tokens for t in group.trajectories),
             seconds=time.perf_counter() - start)
+        if self._metrics is not None:
+            self._metrics.record({
+                "rollout_tokens_per_s": info.response_tokens / info.seconds, "accuracy": info.accuracy,
+                "reward_mean": info.reward_mean, "response_tokens": info.response_tokens / len(trajectories),
+                "tool_calls_per_trajectory": float(np.mean([len(t.tool_calls) for t in trajectories]))},
+                tags={"actor": ray.get_runtime_context().get_actor_id() or "driver"})
         return info, group
 
     def _initial_views(self, sample: Sample) -> list[ImageView]:

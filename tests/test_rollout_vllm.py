@@ -7,6 +7,9 @@ answer), and one sampling freely with a fixed seed (weight updates).
 
 from __future__ import annotations
 
+import time
+import urllib.request
+
 import numpy as np
 import pytest
 import ray
@@ -152,3 +155,16 @@ def test_groups_in_flight_finish_on_the_old_weights(free, sample, tiny_model_pat
     assert ray.get(first_info).policy_version == current
     assert ray.get(update) == current + 1
     assert ray.get(second_info).policy_version == current + 1
+
+
+def test_actor_metrics_reach_rays_prometheus_endpoint(forced, sample):
+    actor, _ = forced
+    generate(actor, sample, "metrics-0")
+    port = ray._private.worker.global_worker.node.metrics_export_port
+    deadline, text = time.time() + 60, ""
+    while time.time() < deadline and "zoomrl_rollout_tokens_per_s" not in text:
+        time.sleep(2)
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    lines = [line for line in text.splitlines() if "zoomrl_accuracy" in line and not line.startswith("#")]
+    assert "zoomrl_rollout_tokens_per_s" in text and lines
+    assert any(line.rstrip().endswith(" 1.0") for line in lines)  # the forced answers are right
