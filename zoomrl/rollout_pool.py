@@ -8,6 +8,7 @@ group id it has seen) never counts one twice.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import ray
@@ -18,6 +19,7 @@ from zoomrl.config import Config
 from zoomrl.types import Sample
 
 ACTOR_FAILURES = (RayActorError, ActorDiedError, ActorUnavailableError)
+RESTART_TIMEOUT_S = 600.0  # a restarted actor loads its engine (minutes for a 7B model)
 
 
 @dataclass
@@ -89,9 +91,23 @@ class RolloutPool:
         return finished
 
     def _recover(self, request: GroupRequest) -> None:
-        if self.weights is not None and request.actor in self.actors:
-            # the restarted process starts from the model path; queued before the re-issued group
-            request.actor.update_weights.remote(*self.weights)
+        """Wait for Ray to restart the actor, give it the current weights, re-issue the group.
+
+        Blocking is deliberate: calls sent while an actor restarts can fail too, so the pool only
+        re-issues once the new process answers and holds the current version.
+        """
+        if request.actor in self.actors:
+            deadline = time.monotonic() + RESTART_TIMEOUT_S
+            while True:
+                try:
+                    ray.get(request.actor.ready.remote())
+                    if self.weights is not None:
+                        ray.get(request.actor.update_weights.remote(*self.weights))
+                    break
+                except ACTOR_FAILURES:
+                    if time.monotonic() > deadline:
+                        raise
+                    time.sleep(1.0)
         self.reissued += 1
         self.submit(request.sample, request.group_id)
 
