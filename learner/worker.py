@@ -11,6 +11,7 @@ import resource
 import time
 from pathlib import Path
 
+import ray
 import torch
 import torch.distributed as dist
 from torch import Tensor
@@ -30,11 +31,15 @@ from learner.grpo import grpo_loss
 from learner.model import load_policy, parallelize, token_logprobs
 from learner.weights import full_state_dict
 from zoomrl.config import Config
+from zoomrl.metrics import RayMetrics
 
 # Loss statistics summed over micro-batches and ranks. Each is normalized by the step's global
 # counts, so the sums are batch means; "tokens" is the exception (tokens through forward and
 # backward, for tokens/s).
 LOSS_STATS = ("loss", "clip_fraction", "dual_clip_fraction", "approx_kl", "tokens")
+# What rank 0 reports per update through ray.util.metrics (the dashboard, Ray's Prometheus).
+RANK0_METRICS = ("loss", "clip_fraction", "approx_kl", "grad_norm", "learner_tokens_per_s",
+                 "learner_peak_memory_bytes")
 
 
 class LearnerWorker:
@@ -46,6 +51,7 @@ class LearnerWorker:
         self.learner = cfg.learner
         self.model_path = model_path
         self.rank = rank
+        self._ray_metrics = RayMetrics(list(RANK0_METRICS)) if rank == 0 and ray.is_initialized() else None
         self.world_size = world_size
         use_gpu = self.learner.num_gpus_per_rank > 0
         if use_gpu:  # Ray gives each GPU rank one visible device
@@ -92,6 +98,8 @@ class LearnerWorker:
         metrics["step"] = self.step
         metrics["optimizer_steps"] = len(shards)
         metrics["micro_batches"] = sum(len(shard.micro_batches) for shard in shards)
+        if self._ray_metrics is not None:
+            self._ray_metrics.record({name: float(metrics[name]) for name in RANK0_METRICS})
         return metrics
 
     def forward_backward(self, shard: StepShard) -> dict[str, float]:

@@ -14,6 +14,7 @@ import pytest
 import ray
 import torch
 from learner_helpers import assert_grads_close, assert_same_state, reference_grads, reference_step
+from ray_metrics import samples, scrape_ray_metrics
 from trajectories import make_groups
 from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
 
@@ -100,6 +101,8 @@ def test_metrics_per_update(group, groups):
     assert metrics["learner_tokens_per_s"] > 0 and metrics["learner_peak_memory_bytes"] > 2**20
     assert metrics["optimizer_steps"] == 1 and metrics["micro_batches"] >= 2  # per rank
     assert "kl_ref" not in metrics  # kl_coef 0: no reference model
+    text = scrape_ray_metrics("zoomrl_learner_tokens_per_s")  # rank 0 reports through Ray too
+    assert samples(text, "zoomrl_grad_norm") and samples(text, "zoomrl_learner_tokens_per_s")[0] > 0
 
 
 def test_all_equal_reward_groups_are_filtered(group, groups):

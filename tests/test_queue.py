@@ -2,6 +2,7 @@ import asyncio
 
 import numpy as np
 import pytest
+from ray_metrics import samples, scrape_ray_metrics
 
 from zoomrl.queue import QueuedGroup, ReplayQueue, ReplayQueueActor
 
@@ -91,4 +92,5 @@ def test_actor_holds_references_not_copies(ray_cluster):
     np.testing.assert_array_equal(ray.get(got.ref), payload)
     stats = ray.get(queue.stats.remote())
     assert (stats.produced, stats.consumed, stats.depth) == (1, 1, 0)
+    assert samples(scrape_ray_metrics("zoomrl_queue_depth"), "zoomrl_queue_depth")
     ray.kill(queue)

@@ -7,14 +7,12 @@ answer), and one sampling freely with a fixed seed (weight updates).
 
 from __future__ import annotations
 
-import time
-import urllib.request
-
 import numpy as np
 import pytest
 import ray
 import torch
 from omegaconf import OmegaConf
+from ray_metrics import samples, scrape_ray_metrics
 from transformers import AutoImageProcessor, Qwen2_5_VLForConditionalGeneration
 
 from actors import RolloutActor
@@ -160,11 +158,6 @@ def test_groups_in_flight_finish_on_the_old_weights(free, sample, tiny_model_pat
 def test_actor_metrics_reach_rays_prometheus_endpoint(forced, sample):
     actor, _ = forced
     generate(actor, sample, "metrics-0")
-    port = ray._private.worker.global_worker.node.metrics_export_port
-    deadline, text = time.time() + 60, ""
-    while time.time() < deadline and "zoomrl_rollout_tokens_per_s" not in text:
-        time.sleep(2)
-        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
-    lines = [line for line in text.splitlines() if "zoomrl_accuracy" in line and not line.startswith("#")]
-    assert "zoomrl_rollout_tokens_per_s" in text and lines
-    assert any(line.rstrip().endswith(" 1.0") for line in lines)  # the forced answers are right
+    text = scrape_ray_metrics("zoomrl_rollout_tokens_per_s")
+    assert samples(text, "zoomrl_rollout_tokens_per_s")
+    assert 1.0 in samples(text, "zoomrl_accuracy")  # the forced answers are right

@@ -18,6 +18,8 @@ from typing import Any
 
 import ray
 
+from zoomrl.metrics import RayMetrics
+
 
 @dataclass
 class QueuedGroup:
@@ -53,6 +55,12 @@ class ReplayQueue:
         self.produced = self.consumed = self.dropped = 0
         self._dropped_ids: list[str] = []
         self.max_staleness_seen = 0
+        # Inside Ray (the actor), the depth also goes to Ray's metrics (dashboard, Prometheus).
+        self._metrics = RayMetrics(["queue_depth"]) if ray.is_initialized() else None
+
+    def _report_depth(self) -> None:
+        if self._metrics is not None:
+            self._metrics.record({"queue_depth": float(len(self._items))})
 
     async def put(self, item: QueuedGroup) -> bool:
         """Add a group, waiting while the queue is full. False if this group id was seen before."""
@@ -63,6 +71,7 @@ class ReplayQueue:
             self._seen_ids.add(item.group_id)
             self._items.append(item)
             self.produced += 1
+            self._report_depth()
         async with self._ready:
             self._ready.notify_all()
         return True
@@ -100,6 +109,7 @@ class ReplayQueue:
         for item in batch:
             self.max_staleness_seen = max(self.max_staleness_seen, learner_version - item.policy_version)
         self.consumed += len(batch)
+        self._report_depth()
         async with self._space:
             self._space.notify_all()
         return batch
