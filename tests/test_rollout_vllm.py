@@ -158,6 +158,7 @@ def test_groups_in_flight_finish_on_the_old_weights(free, sample, tiny_model_pat
 def test_actor_metrics_reach_rays_prometheus_endpoint(forced, sample):
     actor, _ = forced
     generate(actor, sample, "metrics-0")
-    text = scrape_ray_metrics("zoomrl_rollout_tokens_per_s")
+    # the forced answers are right: this actor's accuracy series reads 1 (other actors' read 0)
+    text = scrape_ray_metrics(lambda text: 1.0 in samples(text, "zoomrl_accuracy"))
+    assert 1.0 in samples(text, "zoomrl_accuracy")
     assert samples(text, "zoomrl_rollout_tokens_per_s")
-    assert 1.0 in samples(text, "zoomrl_accuracy")  # the forced answers are right
