@@ -94,7 +94,8 @@ def _judge_question(sample: Sample) -> tuple[str, str]:
     return f"{sample.question}\nOptions:\n{options}", answer
 
 
-def _weights(data_source: str, cfg: RewardConfig) -> RewardWeights:
+def reward_weights(data_source: str, cfg: RewardConfig) -> RewardWeights:
+    """The weights of a data source: its own entry, else 'default'."""
     return cfg.weights[data_source] if data_source in cfg.weights else cfg.weights["default"]
 
 
@@ -112,7 +113,7 @@ def _finish(traj: Trajectory, sample: Sample, draft: _Draft, cfg: RewardConfig) 
     acc = draft.acc if draft.acc is not None else 0.0
     used = any(call.ok for call in traj.tool_calls)
     tool = _tool_bonus(cfg.gating, used, acc)
-    weights = _weights(sample.data_source, cfg)
+    weights = reward_weights(sample.data_source, cfg)
     ious = zoom_ious(traj.tool_calls, sample.gt_boxes)
     return RewardParts(
         acc=acc, format=draft.format, tool=tool,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from rewards.score import reward_weights
 from zoomrl.config import RewardConfig
 from zoomrl.types import Group
 
@@ -19,8 +20,7 @@ def step_figures(groups: list[Group], learner_version: int, reward_cfg: RewardCo
         return float(np.mean(values)) if values else 0.0
 
     def weight(group: Group, part: str) -> float:
-        weights = reward_cfg.weights.get(group.sample.data_source, reward_cfg.weights["default"])
-        return float(getattr(weights, part))
+        return float(getattr(reward_weights(group.sample.data_source, reward_cfg), part))
 
     parts = [(g, t.reward_parts) for g, t in trajectories]
     return {
