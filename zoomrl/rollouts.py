@@ -15,10 +15,10 @@ from pathlib import Path
 import numpy as np
 import ray
 
-from actors import RolloutActor
 from zoomrl.cluster import start_ray
 from zoomrl.config import Config
 from zoomrl.records import trajectory_record
+from zoomrl.rollout_pool import RolloutPool
 from zoomrl.types import Sample
 
 GROUPS_IN_FLIGHT_PER_ACTOR = 4  # enough for the engine to batch across groups, bounded memory
@@ -28,32 +28,24 @@ def run_rollouts(cfg: Config, model_path: str, samples: list[Sample], out: str |
     """rollout.n trajectories of each sample over rollout.num_workers actors; writes `out`."""
     start_ray(cfg)
     start = time.perf_counter()
-    actor_options = {"num_cpus": cfg.rollout.num_cpus_per_worker, "num_gpus": cfg.rollout.num_gpus_per_worker}
-    actors = [RolloutActor.options(**actor_options).remote(cfg, model_path)
-              for _ in range(cfg.rollout.num_workers)]
-    ray.get([actor.ready.remote() for actor in actors])
+    pool = RolloutPool(cfg, model_path, cfg.rollout.num_workers)  # returns once every engine is up
     started = time.perf_counter()
     pending = list(enumerate(samples))
-    in_flight: dict[ray.ObjectRef, ray.ObjectRef] = {}  # info ref -> group ref
     records = []
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     with open(out, "w") as sink:
-        while pending or in_flight:
-            while pending and len(in_flight) < GROUPS_IN_FLIGHT_PER_ACTOR * len(actors):
+        while pending or pool.in_flight:
+            while pending and len(pool.in_flight) < GROUPS_IN_FLIGHT_PER_ACTOR * len(pool.actors):
                 index, sample = pending.pop(0)
-                info_ref, group_ref = actors[index % len(actors)].generate_group.remote(
-                    sample, f"rollout-{index}")
-                in_flight[info_ref] = group_ref
-            done, _ = ray.wait(list(in_flight), num_returns=1)
-            group = ray.get(in_flight.pop(done[0]))
-            for i in range(len(group.trajectories)):
-                record = trajectory_record(group, i)
-                sink.write(json.dumps(record) + "\n")
-                records.append(record)
+                pool.submit(sample, f"rollout-{index}")
+            for done in pool.poll(timeout_s=1.0):
+                group = ray.get(done.ref)
+                for i in range(len(group.trajectories)):
+                    record = trajectory_record(group, i)
+                    sink.write(json.dumps(record) + "\n")
+                    records.append(record)
     generate_s = time.perf_counter() - started
-    for actor in actors:
-        ray.get(actor.shutdown.remote())
-        ray.kill(actor)
+    pool.shutdown()
     return summarize(records, generate_s, started - start)
 
 
