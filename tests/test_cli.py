@@ -37,9 +37,11 @@ def test_data_synth_writes_both_splits(tmp_path):
     assert len(read_samples(tmp_path / "test.parquet")) == 2
 
 
-def test_unbuilt_subcommands_do_not_exist():
-    result = zoomrl("scale", "--rollout-workers", "2")
-    assert result.returncode == 2 and "invalid choice" in result.stderr
+def test_scale_refuses_a_dashboard_address_and_a_count_below_one():
+    result = zoomrl("scale", "--rollout-workers", "2", "--address", "http://127.0.0.1:8265")
+    assert result.returncode == 2 and "GCS address" in result.stderr and "ray job submit" in result.stderr
+    result = zoomrl("scale", "--rollout-workers", "0")
+    assert result.returncode == 2 and "--rollout-workers: must be >= 1" in result.stderr
 
 
 @pytest.mark.slow

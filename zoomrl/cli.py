@@ -1,4 +1,4 @@
-"""The `zoomrl` command: train, rollout, data synth, config show, export.
+"""The `zoomrl` command: train, scale, stop, rollout, data synth, config show, export.
 
 Config-taking commands accept `--config PRESET_OR_YAML` and dotted `key=value` overrides.
 """
@@ -7,12 +7,20 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
 
 from zoomrl.config import DEFAULT_PRESET, ConfigError, load_config, preset_names, save_config, to_yaml
 from zoomrl.data import DataError, read_samples
+
+
+def _at_least_one(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
 
 
 def _add_config_args(parser: argparse.ArgumentParser) -> None:
@@ -73,7 +81,66 @@ def _cmd_train(args: argparse.Namespace) -> int:
         summary = driver.run(on_step=_progress(cfg.run.total_steps))
     finally:
         driver.close()
-    print(f"done: {summary['steps']} steps; metrics.jsonl, trajectories.jsonl and checkpoints in {run_dir}")
+    ended = "stopped by zoomrl stop at" if summary["stopped"] else "done:"
+    print(f"{ended} {summary['steps']} steps; metrics.jsonl, trajectories.jsonl and checkpoints in {run_dir}")
+    return 0
+
+
+def _join_cluster(address: str | None) -> None:
+    """Connect to the Ray cluster a run is going on (for scale and stop)."""
+    import ray
+
+    from zoomrl.control import NAMESPACE
+
+    address = address or os.environ.get("RAY_ADDRESS") or "auto"
+    if address.startswith(("http://", "https://")):
+        raise LookupError(f"--address takes the cluster's GCS address (head:6379) or 'auto', not the "
+                          f"dashboard's {address}; from outside the cluster, submit the command as a Ray "
+                          "job: ray job submit -- zoomrl scale --rollout-workers N")
+    ray.init(address=address, namespace=NAMESPACE, log_to_driver=False, configure_logging=False)
+
+
+def _cmd_scale(args: argparse.Namespace) -> int:
+    import ray
+
+    from zoomrl.control import find_control, wait_for_rollout_workers
+
+    _join_cluster(args.address)
+    try:
+        control, run_name = find_control(args.run)
+        ray.get(control.request_rollout_workers.remote(args.rollout_workers))
+        print(f"run {run_name}: asked for {args.rollout_workers} rollout actors", flush=True)
+        if args.no_wait:
+            return 0
+        shown = []
+
+        def show(status) -> None:
+            line = (f"active {status.active}, starting {status.starting}, retiring {status.retiring} "
+                    f"(step {status.step})")
+            if not shown or shown[-1] != line:
+                print(line, flush=True)
+                shown.append(line)
+
+        wait_for_rollout_workers(control, args.rollout_workers, args.timeout, on_status=show)
+        print(f"run {run_name}: {args.rollout_workers} rollout actors taking requests")
+    finally:
+        ray.shutdown()
+    return 0
+
+
+def _cmd_stop(args: argparse.Namespace) -> int:
+    import ray
+
+    from zoomrl.control import find_control
+
+    _join_cluster(args.address)
+    try:
+        control, run_name = find_control(args.run)
+        ray.get(control.request_stop.remote())
+    finally:
+        ray.shutdown()
+    print(f"run {run_name}: stops after the step in progress, with a checkpoint "
+          f"(continue with zoomrl train --resume RUN_DIR)")
     return 0
 
 
@@ -112,6 +179,21 @@ def build_parser() -> argparse.ArgumentParser:
                        help="continue a run from its latest checkpoint (its saved config, plus overrides)")
     train.set_defaults(func=_cmd_train)
 
+    scale = commands.add_parser("scale", help="change the number of rollout actors of a running run")
+    scale.add_argument("--rollout-workers", type=_at_least_one, required=True, metavar="N",
+                       help="rollout actors wanted; new ones load the current weights, removed ones "
+                            "finish their groups first")
+    scale.add_argument("--no-wait", action="store_true", help="return once the request is recorded")
+    scale.add_argument("--timeout", type=float, default=1800.0,
+                       help="seconds to wait for the new actors (default 1800)")
+    scale.set_defaults(func=_cmd_scale)
+    stop = commands.add_parser("stop", help="end a running run after its current step, with a checkpoint")
+    stop.set_defaults(func=_cmd_stop)
+    for command in (scale, stop):
+        command.add_argument("--address", help="the Ray cluster (GCS address host:6379; default: "
+                                               "RAY_ADDRESS, else the cluster on this machine)")
+        command.add_argument("--run", help="the run's directory name (needed when several runs are going)")
+
     data = commands.add_parser("data", help="data utilities")
     data_commands = data.add_subparsers(dest="data_command", required=True)
     synth = data_commands.add_parser("synth", help="write the synthetic visual-search set")
@@ -148,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ConfigError, DataError, FileNotFoundError) as err:
+    except (ConfigError, DataError, FileNotFoundError, LookupError, TimeoutError) as err:
         print(f"zoomrl: error: {err}", file=sys.stderr)
         return 2
 

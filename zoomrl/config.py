@@ -2,7 +2,8 @@
 
 Defaults live only here, as dataclass field defaults, and follow the DeepEyes reference recipe
 where it states a value. Presets (`zoomrl/presets/*.yaml`) change what a machine size needs;
-`tiny-cpu` is the preset used when none is named. Load order: defaults <- preset <- overrides.
+`tiny-cpu` is the preset used when none is named. Load order: defaults <- preset <- overrides; a YAML
+file may start from a preset with a top-level `preset: NAME` key (the cluster configs in deploy/ do).
 An unknown key, a wrong type or an invalid value raises `ConfigError` naming the key and, for
 unknown keys, the valid ones.
 """
@@ -371,6 +372,11 @@ def _read_yaml(preset_or_path: str) -> DictConfig:
     loaded = OmegaConf.load(path)
     if not isinstance(loaded, DictConfig):
         raise ConfigError(f"{path}: a config file must hold a mapping at the top level")
+    if "preset" in loaded:  # a file that starts from a preset and changes a few keys (deploy/configs)
+        base = loaded.pop("preset")
+        if base not in preset_names():
+            raise ConfigError(f"{path}: preset: '{base}' is not a preset ({', '.join(preset_names())})")
+        return OmegaConf.merge(_read_yaml(base), loaded)
     return loaded
 
 

@@ -12,6 +12,10 @@ version >= k - max_staleness (so max_staleness 0 is the synchronous generate -> 
 schedule, and 1 generates the next batch while the current one trains). Consumption: the queue
 drops any group more than max_staleness versions behind the learner; the driver requests a
 replacement for each one dropped.
+
+The number of rollout actors can change while the run goes (`zoomrl scale`, zoomrl/control.py):
+the loop reads the wanted number about once a second and resizes the pool without waiting.
+`zoomrl stop` ends the run after the step in progress, with a checkpoint to resume from.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ import ray
 from learner.group import LearnerGroup
 from zoomrl.cluster import start_ray
 from zoomrl.config import Config
+from zoomrl.control import PoolStatus, start_control
 from zoomrl.data import read_samples
 from zoomrl.figures import step_figures
 from zoomrl.metrics import METRICS_BY_NAME, DriverMetrics
@@ -36,6 +41,8 @@ from zoomrl.rollout_pool import RolloutPool
 from zoomrl.run_setup import prepare_inputs
 from zoomrl.stream import PromptStream, StreamPosition
 from zoomrl.types import Sample
+
+CONTROL_POLL_S = 1.0
 
 
 class Driver:
@@ -66,6 +73,10 @@ class Driver:
             weights = self.learner.publish_weights(self.step)
             self.pool.update_weights(weights.version, weights.ref)
         self.sent_version = self.step
+        self.control = start_control(self.run_dir.name, cfg.rollout.num_workers)
+        self.next_control_poll = 0.0
+        self.stop_requested = False
+        self.checkpointed_step = self.step
         self.rollout_tokens, self.last_step_time = 0, time.perf_counter()
         self.dropped_logged = 0
 
@@ -91,6 +102,19 @@ class Driver:
         for group_id in ray.get(self.queue.take_dropped_ids.remote()):
             self.outstanding.pop(group_id, None)
 
+    def _follow_control(self) -> None:
+        """Act on `zoomrl scale` / `zoomrl stop` requests, and report what the pool holds."""
+        if time.monotonic() < self.next_control_poll:
+            return
+        self.next_control_poll = time.monotonic() + CONTROL_POLL_S
+        wanted, self.stop_requested = ray.get(self.control.requests.remote())
+        if wanted != self.pool.size:
+            print(f"scaling rollout actors: {self.pool.size} -> {wanted}", flush=True)
+            self.pool.resize(wanted)
+        pool = self.pool
+        self.control.report.remote(PoolStatus(len(pool.actors), len(pool.starting), len(pool.retiring),
+                                              self.step))
+
     # ---- one update ----
     def _train(self, batch: list[QueuedGroup]) -> dict:
         start = time.perf_counter()
@@ -109,8 +133,8 @@ class Driver:
         now = time.perf_counter()
         figures = step_figures(groups, self.step, self.cfg.reward)  # staleness against the pre-update version
         figures.update({k: v for k, v in learner_figures.items() if k in METRICS_BY_NAME})
-        figures.update(policy_version=version, queue_depth=queue_stats.depth, weight_sync_seconds=sync_s,
-                       step_seconds=now - start,
+        figures.update(policy_version=version, rollout_workers=len(self.pool.actors),
+                       queue_depth=queue_stats.depth, weight_sync_seconds=sync_s, step_seconds=now - start,
                        rollout_tokens_per_s=self.rollout_tokens / max(now - self.last_step_time, 1e-9))
         self.rollout_tokens, self.last_step_time = 0, now
         self.step = version
@@ -144,12 +168,15 @@ class Driver:
         pending += [(sample_id, group_id) for group_id, sample_id in self.outstanding.items()]
         extra = {"stream": asdict(self.stream.position), "pending": pending}
         self.learner.save_checkpoint(self.checkpoint_dir, self.step, extra)
+        self.checkpointed_step = self.step
 
     # ---- the run ----
     def run(self, on_step: Callable[[dict], None] = lambda figures: None) -> dict:
-        """Train until run.total_steps policy updates are done; on_step sees each step's figures."""
+        """Train until run.total_steps policy updates are done (or `zoomrl stop`); on_step sees each
+        step's figures."""
         batch_ref = None
-        while self.step < self.cfg.run.total_steps:
+        while self.step < self.cfg.run.total_steps and not self.stop_requested:
+            self._follow_control()
             self._request_groups()
             self._collect(timeout_s=0.05)
             if batch_ref is None:
@@ -157,9 +184,12 @@ class Driver:
             if ray.wait([batch_ref], timeout=0)[0]:
                 on_step(self._train(ray.get(batch_ref)))
                 batch_ref = None
-        return {"steps": self.step, "run_dir": str(self.run_dir)}
+        if self.checkpointed_step != self.step:
+            self._checkpoint()
+        return {"steps": self.step, "run_dir": str(self.run_dir), "stopped": self.stop_requested}
 
     def close(self) -> None:
+        ray.kill(self.control)
         self.pool.shutdown()
         self.learner.shutdown()
         self.metrics.close()

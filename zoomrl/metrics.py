@@ -47,6 +47,7 @@ METRICS: tuple[MetricSpec, ...] = (
     MetricSpec("policy_version", "gauge", "Version of the learner's weights after the step."),
     # The system.
     MetricSpec("rollout_tokens_per_s", "gauge", "Generated tokens per second, all rollout actors."),
+    MetricSpec("rollout_workers", "gauge", "Rollout actors taking requests (changed by zoomrl scale)."),
     MetricSpec("learner_tokens_per_s", "gauge", "Tokens (all, prompt and images included) per second "
                "through forward and backward, all ranks."),
     MetricSpec("queue_depth", "gauge", "Scored groups waiting in the replay queue."),

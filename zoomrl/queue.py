@@ -20,6 +20,8 @@ import ray
 
 from zoomrl.metrics import RayMetrics
 
+QUEUE_METRICS = ["queue_depth"]  # reported through ray.util.metrics on every put and take
+
 
 @dataclass
 class QueuedGroup:
@@ -56,7 +58,7 @@ class ReplayQueue:
         self._dropped_ids: list[str] = []
         self.max_staleness_seen = 0
         # Inside Ray (the actor), the depth also goes to Ray's metrics (dashboard, Prometheus).
-        self._metrics = RayMetrics(["queue_depth"]) if ray.is_initialized() else None
+        self._metrics = RayMetrics(QUEUE_METRICS) if ray.is_initialized() else None
 
     def _report_depth(self) -> None:
         if self._metrics is not None:

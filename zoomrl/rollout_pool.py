@@ -1,9 +1,14 @@
-"""The driver's view of the rollout actors: who is busy with what, and surviving failures.
+"""The driver's view of the rollout actors: who is busy with what, scaling, and surviving failures.
 
 Every group request is tracked until its scored group is handed to the replay queue. When an
 actor dies, Ray restarts it (max_restarts); the pool gives the new process the current weights
 and re-issues the dead actor's groups under the SAME group ids, so the queue (which refuses a
 group id it has seen) never counts one twice.
+
+Scaling while a run goes (`resize`) never blocks the driver and loses no group: a new actor is
+`starting` until its engine answers, then loads the current weights and takes requests; a removed
+actor is `retiring`: it gets no new requests, finishes the ones it holds, and is shut down once
+they are delivered.
 """
 
 from __future__ import annotations
@@ -48,23 +53,56 @@ class RolloutPool:
             max_restarts=-1, max_task_retries=0)
         self._cfg, self._model_path = cfg, model_path
         self.actors: list = []
+        """Actors taking requests."""
+        self.starting: dict[ray.ObjectRef, object] = {}
+        """ready() ref -> actor whose engine is still loading."""
+        self.retiring: list = []
+        """Actors removed by a resize, finishing the groups they hold."""
         self.in_flight: dict[ray.ObjectRef, GroupRequest] = {}  # GroupInfo ref -> request
         self.weights: tuple[int, ray.ObjectRef] | None = None
         """(version, ObjectRef of the state dict) last published; None = the model path's."""
         self.reissued = 0
         self.resize(num_workers)
+        self.wait_started()
+
+    @property
+    def size(self) -> int:
+        """Actors taking requests or about to (the number the pool is resizing to)."""
+        return len(self.actors) + len(self.starting)
 
     def resize(self, num_workers: int) -> None:
-        """Start actors (they load the current weights) or stop the newest ones once idle."""
-        started = []
-        while len(self.actors) < num_workers:
+        """Start actors, or retire the newest ones; returns at once (see the module docstring)."""
+        if num_workers < 1:
+            raise ValueError(f"a run needs at least one rollout actor, got {num_workers}")
+        while self.size < num_workers:
             actor = self._actor_class.remote(self._cfg, self._model_path)
+            self.starting[actor.ready.remote()] = actor
+        for ready_ref in list(self.starting)[max(0, num_workers - len(self.actors)):]:
+            ray.kill(self.starting.pop(ready_ref))  # still loading: holds no group
+        while len(self.actors) > num_workers:
+            self.retiring.append(self.actors.pop())
+        self._retire_idle()
+
+    def wait_started(self) -> None:
+        """Block until every starting actor takes requests (the first engines of a run)."""
+        while self.starting:
+            self._admit_started(timeout_s=None)
+
+    def _admit_started(self, timeout_s: float | None) -> None:
+        """Actors whose engine is up load the current weights, then take requests."""
+        ready, _ = ray.wait(list(self.starting), num_returns=len(self.starting), timeout=timeout_s)
+        for ready_ref in ready:
+            actor = self.starting.pop(ready_ref)
+            ray.get(ready_ref)  # an engine that failed to start raises here, naming its error
             if self.weights is not None:
-                actor.update_weights.remote(*self.weights)
+                ray.get(actor.update_weights.remote(*self.weights))
             self.actors.append(actor)
-            started.append(actor)
-        ray.get([actor.ready.remote() for actor in started])
-        del self.actors[num_workers:]  # in-flight requests of removed actors still finish
+
+    def _retire_idle(self) -> None:
+        busy = {id(request.actor) for request in self.in_flight.values()}
+        for actor in [a for a in self.retiring if id(a) not in busy]:
+            self.retiring.remove(actor)
+            self._stop(actor)
 
     def submit(self, sample: Sample, group_id: str) -> None:
         """Send one group request to the least busy actor."""
@@ -77,6 +115,8 @@ class RolloutPool:
 
     def poll(self, timeout_s: float) -> list[FinishedGroup]:
         """Groups finished within timeout_s; a failed actor's groups are re-issued."""
+        if self.starting:
+            self._admit_started(timeout_s=0)
         if not self.in_flight:
             return []
         ready, _ = ray.wait(list(self.in_flight), num_returns=len(self.in_flight), timeout=timeout_s,
@@ -88,6 +128,8 @@ class RolloutPool:
                 finished.append(FinishedGroup(ray.get(info_ref), request.group_ref))
             except ACTOR_FAILURES:
                 self._recover(request)
+        if self.retiring:
+            self._retire_idle()
         return finished
 
     def _recover(self, request: GroupRequest) -> None:
@@ -96,7 +138,7 @@ class RolloutPool:
         Blocking is deliberate: calls sent while an actor restarts can fail too, so the pool only
         re-issues once the new process answers and holds the current version.
         """
-        if request.actor in self.actors:
+        if request.actor in self.actors:  # a retiring one is not waited for: its groups move
             deadline = time.monotonic() + RESTART_TIMEOUT_S
             while True:
                 try:
@@ -125,9 +167,14 @@ class RolloutPool:
         return [(r.sample.id, r.group_id) for r in self.in_flight.values()]
 
     def shutdown(self) -> None:
-        for actor in self.actors:
-            try:
-                ray.get(actor.shutdown.remote())
-            except ACTOR_FAILURES:
-                pass
-            ray.kill(actor)
+        for actor in [*self.actors, *self.retiring, *self.starting.values()]:
+            self._stop(actor)
+        self.actors, self.retiring, self.starting = [], [], {}
+
+    @staticmethod
+    def _stop(actor) -> None:
+        try:
+            ray.get(actor.shutdown.remote(), timeout=60)
+        except (*ACTOR_FAILURES, ray.exceptions.GetTimeoutError):
+            pass  # still loading, or gone: the kill below ends it either way
+        ray.kill(actor)
