@@ -121,10 +121,6 @@ class ReplayQueue:
         ids, self._dropped_ids = self._dropped_ids, []
         return ids
 
-    def queued_ids(self) -> list[str]:
-        """Ids of the groups waiting now (a checkpoint re-issues them after a resume)."""
-        return [item.group_id for item in self._items]
-
     def stats(self) -> QueueStats:
         return QueueStats(self.produced, self.consumed, self.dropped, len(self._items),
                           self.max_staleness_seen)
