@@ -33,6 +33,17 @@ def synth_dir(tmp_path_factory):
     return out
 
 
+@pytest.fixture(scope="module")
+def view(original):
+    """What the model first sees of the module's `original` (a numpy image fixture) under the
+    default pixel budget."""
+    from tools import initial_view
+    from zoomrl.config import ModelConfig
+    from zoomrl.images import encode_png
+
+    return initial_view(encode_png(original), ModelConfig(), max_decoded_pixels=10**8)
+
+
 @pytest.fixture(scope="session")
 def ray_cluster():
     """A real local Ray cluster for the test session (2 CPUs, no dashboard)."""

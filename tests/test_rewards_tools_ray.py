@@ -1,7 +1,9 @@
 """Tools and rewards as stateless Ray tasks on a real local Ray cluster."""
 
+import drawn
 import numpy as np
 import pytest
+from drawn import squares
 
 from rewards import JudgeError, score_group_task
 from tools import ToolCall, execute_tool, execute_tool_task, initial_view, parse_tool_call
@@ -15,9 +17,7 @@ RED = (600, 400, 660, 460)  # in original pixels of a 1024x768 image, seen at 50
 
 
 def _original_bytes() -> bytes:
-    pixels = np.zeros((768, 1024, 3), dtype=np.uint8)
-    pixels[RED[1]:RED[3], RED[0]:RED[2]] = (255, 0, 0)
-    return encode_png(pixels)
+    return encode_png(squares(1024, 768, {RED: drawn.RED}))
 
 
 def _zoom_call(box) -> ToolCall:

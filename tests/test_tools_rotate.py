@@ -2,13 +2,15 @@
 
 import dataclasses
 
+import drawn
 import numpy as np
 import pytest
+from drawn import squares
 from PIL import Image
 
-from tools import ImageView, ToolCall, execute_tool, initial_view
+from tools import ToolCall, execute_tool
 from zoomrl.config import ModelConfig, ToolsConfig
-from zoomrl.images import encode_png, resize_for_model, smart_resize
+from zoomrl.images import resize_for_model, smart_resize
 
 MODEL = ModelConfig()  # 448x448 budget: a 2048x1536 original is seen at 504x364
 TOOLS = ToolsConfig()
@@ -17,21 +19,10 @@ RED = (1500, 1000, 1540, 1040)  # 40 px red square, original pixels
 GREEN = (1900, 20, 2040, 160)  # green square in the top-right corner
 
 
-def _original() -> np.ndarray:
-    pixels = np.full((H, W, 3), 40, dtype=np.uint8)  # grey, so the expanded canvas's black shows
-    pixels[RED[1]:RED[3], RED[0]:RED[2]] = (255, 0, 0)
-    pixels[GREEN[1]:GREEN[3], GREEN[0]:GREEN[2]] = (0, 255, 0)
-    return pixels
-
-
 @pytest.fixture(scope="module")
 def original() -> np.ndarray:
-    return _original()
-
-
-@pytest.fixture(scope="module")
-def view(original) -> ImageView:
-    return initial_view(encode_png(original), MODEL, max_decoded_pixels=10**8)
+    # grey, so the expanded canvas's black shows
+    return squares(W, H, {RED: drawn.RED, GREEN: drawn.GREEN}, background=40)
 
 
 def rotate(views, angle):

@@ -2,8 +2,10 @@
 
 import dataclasses
 
+import drawn
 import numpy as np
 import pytest
+from drawn import squares
 
 from tools import ImageView, ToolCall, execute_tool, initial_view
 from zoomrl.config import ModelConfig, ToolsConfig
@@ -15,21 +17,9 @@ RED = (1500, 1000, 1540, 1040)  # a 40 px red square in original pixels
 BLUE = (300, 200, 420, 320)  # a 120 px blue square
 
 
-def _original() -> np.ndarray:
-    pixels = np.zeros((1536, 2048, 3), dtype=np.uint8)
-    pixels[RED[1]:RED[3], RED[0]:RED[2]] = (255, 0, 0)
-    pixels[BLUE[1]:BLUE[3], BLUE[0]:BLUE[2]] = (0, 0, 255)
-    return pixels
-
-
 @pytest.fixture(scope="module")
 def original() -> np.ndarray:
-    return _original()
-
-
-@pytest.fixture(scope="module")
-def view(original) -> ImageView:
-    return initial_view(encode_png(original), MODEL, max_decoded_pixels=10**8)
+    return squares(2048, 1536, {RED: drawn.RED, BLUE: drawn.BLUE})
 
 
 def zoom(views, box, key="bbox_2d", tools_cfg=TOOLS, **extra):
