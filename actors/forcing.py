@@ -7,7 +7,10 @@ must run end to end through the real engine. With
     rollout.sampling_extra_args={forced_turns: ["<think>..</think><tool_call>..</tool_call>", ...]}
 
 turn k of every trajectory is forced to forced_turns[k] (the loop passes the turn number as
-extra_args['zoomrl_turn']); turns past the list are sampled freely. Forcing keeps the model's
+extra_args['zoomrl_turn']); turns past the list are sampled freely. To script the trajectories of
+a group differently, give `forced_turns_by_trajectory: [[text, ...], [text, ...], ...]` instead:
+trajectory i follows list i modulo their number (the loop passes i as
+extra_args['zoomrl_trajectory']). Forcing keeps the model's
 own logit for the forced token and sets every other to -inf, so the engine's RAW log-probs
 (temperature 1) are the model's log-probs of the scripted text, as the learner recomputes them.
 End a scripted turn with `</tool_call>` or `<|im_end|>` so it stops there.
@@ -34,9 +37,12 @@ class ForcedTurnsLogitsProcessor(AdapterLogitsProcessor):
 
     @classmethod
     def validate_params(cls, params: SamplingParams) -> None:
-        forced = (params.extra_args or {}).get("forced_turns", [])
-        if not isinstance(forced, list) or not all(isinstance(text, str) for text in forced):
-            raise ValueError("extra_args['forced_turns'] must be a list of strings")
+        extra = params.extra_args or {}
+        scripts = [extra.get("forced_turns", [])] + list(extra.get("forced_turns_by_trajectory", []))
+        for script in scripts:
+            if not isinstance(script, list) or not all(isinstance(text, str) for text in script):
+                raise ValueError("extra_args['forced_turns'] must be a list of strings, and "
+                                 "extra_args['forced_turns_by_trajectory'] a list of such lists")
 
     def is_argmax_invariant(self) -> bool:
         return False  # it changes which token wins
@@ -44,6 +50,9 @@ class ForcedTurnsLogitsProcessor(AdapterLogitsProcessor):
     def new_req_logits_processor(self, params: SamplingParams):
         extra = params.extra_args or {}
         forced, turn = extra.get("forced_turns", []), extra.get("zoomrl_turn", 0)
+        by_trajectory = extra.get("forced_turns_by_trajectory", [])
+        if by_trajectory:
+            forced = by_trajectory[extra.get("zoomrl_trajectory", 0) % len(by_trajectory)]
         if turn >= len(forced):
             return None
         token_ids = self._encode(forced[turn])

@@ -1,4 +1,4 @@
-"""The `zoomrl` command: train, scale, stop, rollout, data synth, config show, export.
+"""The `zoomrl` command: train, scale, stop, rollout, eval, curate, data synth, config show, export.
 
 Config-taking commands accept `--config PRESET_OR_YAML` and dotted `key=value` overrides.
 """
@@ -6,13 +6,22 @@ Config-taking commands accept `--config PRESET_OR_YAML` and dotted `key=value` o
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
 import time
 from pathlib import Path
 
-from zoomrl.config import DEFAULT_PRESET, ConfigError, load_config, preset_names, save_config, to_yaml
+from zoomrl.config import (
+    DEFAULT_PRESET,
+    PROMPT_STYLES,
+    ConfigError,
+    load_config,
+    preset_names,
+    save_config,
+    to_yaml,
+)
 from zoomrl.data import DataError, read_samples
 
 
@@ -160,6 +169,72 @@ def _cmd_rollout(args: argparse.Namespace) -> int:
     return 0
 
 
+def _model_override(args: argparse.Namespace) -> list[str]:
+    """--model as the config override it stands for."""
+    return [f"model.path={args.model}"] if args.model else []
+
+
+def _eval_overrides(args: argparse.Namespace) -> list[str]:
+    """The flags of eval as the config overrides they stand for, then the explicit overrides."""
+    flags = _model_override(args)
+    if args.keep_options:
+        flags.append("eval.shuffle_options=false")
+    if args.prompt:
+        flags.append(f"rollout.prompt_style={args.prompt}")
+    return flags + args.overrides
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from zoomrl.evaluate import compare_reports, report_table, run_eval
+    from zoomrl.run_setup import ensure_data
+    from zoomrl.tiny import ensure_model
+
+    if args.overrides[:1] == ["compare"]:
+        if len(args.overrides) != 3:
+            raise ConfigError("usage: zoomrl eval compare A.json B.json")
+        a, b = (json.loads(Path(path).read_text()) for path in args.overrides[1:])
+        print(compare_reports(a, b), end="")
+        return 0
+    if not args.out:
+        raise ConfigError("zoomrl eval needs --out REPORT.json (or: zoomrl eval compare A.json B.json)")
+    strays = [item for item in args.data or [] if "=" in item and not Path(item).is_file()]
+    if strays:
+        raise ConfigError(f"--data took {strays[0]!r}, which is no file: put key=value overrides before "
+                          "--data, or another option between them")
+    cfg = load_config(args.config, _eval_overrides(args))
+    files = args.data or ensure_data(cfg)[1]  # data.test_files, else the synthetic test split
+    if not files:
+        raise ConfigError("no evaluation data: pass --data FILE... or set data.test_files")
+    model_path = ensure_model(cfg.model)
+    print(f"evaluating {model_path} on {', '.join(files)} with {cfg.rollout.num_workers} engine(s)",
+          flush=True)
+
+    def show(done: int, total: int) -> None:
+        print(f"eval {done}/{total} questions", flush=True)
+
+    report = run_eval(cfg, model_path, files, args.out, progress=show)
+    print(report_table(dataclasses.asdict(report)), end="")
+    print(f"report: {args.out}; table: {Path(args.out).with_suffix('.txt')}; "
+          f"trajectories: {report.trajectories_file}")
+    return 0
+
+
+def _cmd_curate(args: argparse.Namespace) -> int:
+    from zoomrl.curate import run_curate
+    from zoomrl.tiny import ensure_model
+
+    cfg = load_config(args.config, _model_override(args) + args.overrides)
+    model_path = ensure_model(cfg.model)
+    print(f"curating {args.data} with {model_path}, {cfg.curate.k} answers per row", flush=True)
+    report = run_curate(cfg, model_path, args.data, args.out, show=lambda line: print(line, flush=True))
+    stages = report["stages"]
+    print(f"kept {report['kept']} of {report['rows']} rows: dropped "
+          + ", ".join(f"{stages[s]['dropped']} at {s}" for s in ("labels", "difficulty", "perception"))
+          + f"; {report['perception_not_applicable']} kept rows have no ground-truth box")
+    print(f"kept rows: {args.out}; report: {Path(args.out).with_suffix('.report.json')}")
+    return 0
+
+
 def _cmd_export(args: argparse.Namespace) -> int:
     from learner.checkpoint import export_hf
 
@@ -217,6 +292,31 @@ def build_parser() -> argparse.ArgumentParser:
     rollout.add_argument("--limit", type=int, default=8, help="prompts to roll out (default 8)")
     rollout.add_argument("--out", required=True, help="JSON-lines file of trajectories to write")
     rollout.set_defaults(func=_cmd_rollout)
+
+    evaluate = commands.add_parser(
+        "eval", help="evaluate a policy on V* / HR-Bench / release-format sets (or: eval compare A B)",
+        usage="zoomrl eval [--model PATH] [--data FILE ...] [--config ...] --out REPORT.json "
+              "[key=value ...]\n       zoomrl eval compare A.json B.json")
+    _add_config_args(evaluate)
+    evaluate.add_argument("--model", help="a Hugging Face folder or hub id (default: model.path)")
+    evaluate.add_argument("--data", nargs="+", metavar="FILE",
+                          help="parquet files, release or benchmark layout (default: the test split "
+                               "of the configured data)")
+    evaluate.add_argument("--out", help="the report (JSON); the table and the trajectories go next to it")
+    evaluate.add_argument("--keep-options", action="store_true",
+                          help="keep multiple-choice options as given (default: shuffled, fixed seed)")
+    evaluate.add_argument("--prompt", choices=PROMPT_STYLES,
+                          help="conversation format (rollout.prompt_style); 'deepeyes' matches the "
+                               "released DeepEyes checkpoint")
+    evaluate.set_defaults(func=_cmd_eval)
+
+    curate = commands.add_parser("curate", help="filter training data: labels, difficulty, crop utility")
+    _add_config_args(curate)
+    curate.add_argument("--model", help="the base model (default: model.path)")
+    curate.add_argument("--data", required=True, help="a parquet file, release or benchmark layout")
+    curate.add_argument("--out", required=True,
+                        help="the kept rows (parquet); OUT.report.json and OUT.progress.jsonl beside it")
+    curate.set_defaults(func=_cmd_curate)
 
     export = commands.add_parser("export", help="write a Hugging Face folder from a learner checkpoint")
     export.add_argument("checkpoint", metavar="CKPT",

@@ -327,6 +327,34 @@ class MetricsConfig:
 
 
 @dataclass
+class EvalConfig:
+    """`zoomrl eval`: how evaluation questions are asked and answered."""
+
+    n: int = 1
+    """Trajectories per question (replaces rollout.n). Accuracy is over all trajectories; its
+    Wilson interval treats them as independent draws, which is exact only for n = 1."""
+    temperature: float = 0.0
+    """Sampling temperature at evaluation (replaces rollout.temperature); 0 = greedy."""
+    shuffle_options: bool = True
+    """Put each multiple-choice question's options in a fixed random order (the reference release
+    once put every answer at A); False keeps them as given."""
+    shuffle_seed: int = 0
+    """Seed of the option orders: a question's order depends only on this seed and its id."""
+
+
+@dataclass
+class CurateConfig:
+    """`zoomrl curate`: the three-stage filter of training data (DeepEyes' data curation)."""
+
+    k: int = 8
+    """Answers sampled per item (at rollout.temperature; replaces rollout.n) to measure how often
+    the model solves it, with the full image and with the ground-truth crop."""
+    crop_context: float = 0.5
+    """The ground-truth crop is the union of an item's boxes widened on each side by this
+    fraction of its width and height, clipped to the image."""
+
+
+@dataclass
 class Config:
     """Everything a run needs. Sections follow the parts of DESIGN.md."""
 
@@ -340,12 +368,17 @@ class Config:
     queue: QueueConfig = field(default_factory=QueueConfig)
     run: RunConfig = field(default_factory=RunConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    curate: CurateConfig = field(default_factory=CurateConfig)
 
+
+PROMPT_STYLES = ("deepeyes",)
+"""Conversation formats actors/prompt.py renders (one so far: the released DeepEyes format)."""
 
 # Values a string field may take; checked at load so a typo never reaches a run.
 _CHOICES: dict[str, tuple[str, ...]] = {
     "model.dtype": ("float32", "bfloat16", "float16"),
-    "rollout.prompt_style": ("deepeyes",),
+    "rollout.prompt_style": PROMPT_STYLES,
     "reward.gating": ("conditional", "unconditional", "none"),
     "learner.loss_agg": ("token-mean", "seq-mean-token-mean"),
     "learner.ratio_against": ("behavior", "recompute"),
@@ -410,11 +443,12 @@ def _check_values(cfg: Config) -> None:
             raise ConfigError(f"{dotted}={value!r} is not one of {', '.join(allowed)}")
     positive = ["rollout.n", "rollout.num_workers", "learner.num_ranks", "learner.prompts_per_step",
                 "rollout.max_tokens_per_turn", "rollout.max_response_tokens", "model.max_pixels",
-                "queue.capacity_groups", "learner.micro_batch_tokens"]
+                "queue.capacity_groups", "learner.micro_batch_tokens", "eval.n", "curate.k"]
     for dotted in positive:
         if OmegaConf.select(cfg, dotted) <= 0:
             raise ConfigError(f"{dotted} must be > 0, got {OmegaConf.select(cfg, dotted)}")
-    for dotted in ["queue.max_staleness", "rollout.max_tool_calls", "run.total_steps"]:
+    for dotted in ["queue.max_staleness", "rollout.max_tool_calls", "run.total_steps",
+                   "eval.temperature", "curate.crop_context"]:
         if OmegaConf.select(cfg, dotted) < 0:
             raise ConfigError(f"{dotted} must be >= 0, got {OmegaConf.select(cfg, dotted)}")
     learner = cfg.learner

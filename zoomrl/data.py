@@ -21,6 +21,7 @@ from zoomrl.types import Sample
 
 REQUIRED_COLUMNS = ("data_source", "prompt", "images", "reward_model")
 IMAGE_PLACEHOLDER = "<image>"
+OPTION_LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 
 
 class DataError(ValueError):
@@ -124,23 +125,45 @@ def row_to_sample(row: dict[str, Any], file: str, index: int, max_decoded_pixels
     )
 
 
-def iter_samples(path: str | Path, max_decoded_pixels: int = 100_000_000,
-                 batch_rows: int = 64) -> Iterator[Sample]:
-    """Stream samples from a parquet file, a few rows at a time (large sets never load whole)."""
-    file = str(path)
+def multiple_choice_prompt(question: str, choices: list[str]) -> str:
+    """The user turn of a multiple-choice row: image, question, 'A. text' lines, instruction."""
+    return (f"{IMAGE_PLACEHOLDER}\n{question}\n{option_lines(choices)}\n"
+            "Answer with the option's letter from the given choices directly.")
+
+
+def option_lines(choices: list[str]) -> str:
+    """'A. red\nB. blue...': how options are listed in a prompt."""
+    return "\n".join(f"{OPTION_LETTERS[i]}. {choice}" for i, choice in enumerate(choices))
+
+
+def parquet_columns(path: str | Path) -> list[str]:
+    """Column names of a parquet file; DataError when it is not one."""
     try:
-        parquet = pq.ParquetFile(file)
+        return pq.ParquetFile(str(path)).schema_arrow.names
     except (OSError, pa.ArrowException) as err:
-        raise DataError(f"{file}: cannot read as parquet ({err})") from None
-    names = parquet.schema_arrow.names
+        raise DataError(f"{path}: cannot read as parquet ({err})") from None
+
+
+def iter_rows(path: str | Path, batch_rows: int = 64) -> Iterator[dict[str, Any]]:
+    """The raw rows of a parquet file, a few at a time (large sets never load whole)."""
+    parquet_columns(path)
+    for batch in pq.ParquetFile(str(path)).iter_batches(batch_size=batch_rows):
+        yield from batch.to_pylist()
+
+
+def check_release_columns(path: str | Path) -> None:
+    """DataError naming the file and the missing columns unless it has the release's columns."""
+    names = parquet_columns(path)
     missing = [c for c in REQUIRED_COLUMNS if c not in names]
     if missing:
-        raise DataError(f"{file}: missing column(s) {', '.join(missing)} (have: {', '.join(names)})")
-    index = 0
-    for batch in parquet.iter_batches(batch_size=batch_rows):
-        for row in batch.to_pylist():
-            yield row_to_sample(row, file, index, max_decoded_pixels)
-            index += 1
+        raise DataError(f"{path}: missing column(s) {', '.join(missing)} (have: {', '.join(names)})")
+
+
+def iter_samples(path: str | Path, max_decoded_pixels: int = 100_000_000) -> Iterator[Sample]:
+    """Stream samples from a parquet file, a few rows at a time."""
+    check_release_columns(path)
+    for index, row in enumerate(iter_rows(path)):
+        yield row_to_sample(row, str(path), index, max_decoded_pixels)
 
 
 def read_samples(paths: str | Path | list[str | Path],

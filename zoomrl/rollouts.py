@@ -1,8 +1,10 @@
-"""`zoomrl rollout`: run the rollout actors on prompts without training, and write what they did.
+"""Rollouts without training: `zoomrl rollout`, and the batch jobs built on it (`eval`, `curate`).
 
-For looking at a policy's behaviour (a checkpoint export, the base model, the tiny one): every
-trajectory goes to a JSON-lines file (text, tool calls with boxes in original pixels, reward
-parts, end reason), and a summary of the whole set is returned.
+`RolloutSession` owns the rollout actors of one batch job: it starts them on first use (so a job
+with nothing left to do never starts an engine), feeds them lists of samples and hands back each
+scored group as it finishes. `run_rollouts` is `zoomrl rollout`: every trajectory goes to a
+JSON-lines file (text, tool calls with boxes in original pixels, reward parts, end reason), and a
+summary of the whole set is returned.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import json
 import time
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -19,34 +22,82 @@ from zoomrl.cluster import start_ray
 from zoomrl.config import Config
 from zoomrl.records import trajectory_record
 from zoomrl.rollout_pool import RolloutPool
-from zoomrl.types import Sample
+from zoomrl.types import Group, Sample
 
 GROUPS_IN_FLIGHT_PER_ACTOR = 4  # enough for the engine to batch across groups, bounded memory
 
 
+class RolloutSession:
+    """rollout.num_workers actors (one engine each) for a batch job; a context manager."""
+
+    def __init__(self, cfg: Config, model_path: str) -> None:
+        self.cfg, self.model_path = cfg, model_path
+        self._pool: RolloutPool | None = None
+        self.startup_s = 0.0
+        """Seconds spent starting Ray and the engines."""
+        self.generate_s = 0.0
+        """Seconds spent generating, summed over `groups` calls."""
+        self.response_tokens = 0
+        """Tokens the policy sampled, over every trajectory handed back."""
+
+    def _started(self) -> RolloutPool:
+        if self._pool is None:
+            start = time.perf_counter()
+            start_ray(self.cfg)
+            self._pool = RolloutPool(self.cfg, self.model_path, self.cfg.rollout.num_workers)
+            self.startup_s = time.perf_counter() - start  # the pool returns once every engine is up
+        return self._pool
+
+    def groups(self, samples: list[Sample], group_prefix: str) -> Iterator[Group]:
+        """rollout.n scored trajectories of each sample, as groups in the order they finish.
+
+        Group ids are '<group_prefix>-<index in samples>'.
+        """
+        if not samples:
+            return
+        pool = self._started()
+        start = time.perf_counter()
+        pending = list(enumerate(samples))
+        try:
+            while pending or pool.in_flight:
+                while pending and len(pool.in_flight) < GROUPS_IN_FLIGHT_PER_ACTOR * len(pool.actors):
+                    index, sample = pending.pop(0)
+                    pool.submit(sample, f"{group_prefix}-{index}")
+                for done in pool.poll(timeout_s=1.0):
+                    group = ray.get(done.ref)
+                    self.response_tokens += sum(t.num_sampled_tokens for t in group.trajectories)
+                    yield group
+        finally:
+            self.generate_s += time.perf_counter() - start
+
+    @property
+    def tokens_per_s(self) -> float:
+        """Sampled tokens per second of generation (engine start-up excluded)."""
+        return self.response_tokens / self.generate_s if self.generate_s > 0 else 0.0
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown()
+            self._pool = None
+
+    def __enter__(self) -> RolloutSession:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
 def run_rollouts(cfg: Config, model_path: str, samples: list[Sample], out: str | Path) -> dict:
     """rollout.n trajectories of each sample over rollout.num_workers actors; writes `out`."""
-    start_ray(cfg)
-    start = time.perf_counter()
-    pool = RolloutPool(cfg, model_path, cfg.rollout.num_workers)  # returns once every engine is up
-    started = time.perf_counter()
-    pending = list(enumerate(samples))
     records = []
     Path(out).parent.mkdir(parents=True, exist_ok=True)
-    with open(out, "w") as sink:
-        while pending or pool.in_flight:
-            while pending and len(pool.in_flight) < GROUPS_IN_FLIGHT_PER_ACTOR * len(pool.actors):
-                index, sample = pending.pop(0)
-                pool.submit(sample, f"rollout-{index}")
-            for done in pool.poll(timeout_s=1.0):
-                group = ray.get(done.ref)
-                for i in range(len(group.trajectories)):
-                    record = trajectory_record(group, i)
-                    sink.write(json.dumps(record) + "\n")
-                    records.append(record)
-    generate_s = time.perf_counter() - started
-    pool.shutdown()
-    return summarize(records, generate_s, started - start)
+    with RolloutSession(cfg, model_path) as session, open(out, "w") as sink:
+        for group in session.groups(samples, "rollout"):
+            for i in range(len(group.trajectories)):
+                record = trajectory_record(group, i)
+                sink.write(json.dumps(record) + "\n")
+                records.append(record)
+    return summarize(records, session.generate_s, session.startup_s)
 
 
 def summarize(records: list[dict], generate_s: float, startup_s: float) -> dict:

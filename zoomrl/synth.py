@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
+from zoomrl.data import multiple_choice_prompt, write_samples
 from zoomrl.images import encode_png
 from zoomrl.types import Sample
 
@@ -144,13 +145,10 @@ def make_sample(index: int, size: int, seed: int, split: str) -> Sample:
             relation = "above" if dy < 0 else "below"
         question = f"Where is the {c1} {s1} relative to the {c2} {s2}?"
         choices, answer = _options(rng, relation, POSITIONS)
-    option_text = "\n".join(f"{LETTERS[i]}. {c}" for i, c in enumerate(choices))
-    user = (f"<image>\n{question}\n{option_text}\n"
-            "Answer with the option's letter from the given choices directly.")
     return Sample(
         id=f"{split}:{index}",
         data_source=DATA_SOURCE,
-        messages=[{"role": "user", "content": user}],
+        messages=[{"role": "user", "content": multiple_choice_prompt(question, choices)}],
         images=[encode_png(image)],
         question=question,
         answer=answer,
@@ -166,8 +164,6 @@ def make_sample(index: int, size: int, seed: int, split: str) -> Sample:
 def write_synthetic(out_dir: str | Path, n_train: int, n_test: int, size: int,
                     seed: int) -> dict[str, Path]:
     """Write train.parquet and test.parquet in the DeepEyes release format; returns their paths."""
-    from zoomrl.data import write_samples
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {}

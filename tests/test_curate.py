@@ -1,0 +1,166 @@
+"""`zoomrl curate`: the verdicts, the crop, label checks, resuming (fast), and one end-to-end run
+through the real vLLM CPU engine with scripted answers (slow)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import subprocess
+import sys
+
+import pytest
+
+from zoomrl.config import ConfigError, load_config
+from zoomrl.curate import (
+    Progress,
+    crop_box,
+    difficulty_verdict,
+    perception_verdict,
+    read_rows,
+    run_curate,
+    with_ground_truth_crop,
+)
+from zoomrl.data import multiple_choice_prompt, read_samples, write_samples
+from zoomrl.images import decode_image
+from zoomrl.synth import make_sample
+
+
+def test_difficulty_keeps_items_solved_sometimes():
+    assert [difficulty_verdict("x", c, 4).kept for c in range(5)] == [False, True, True, True, False]
+    assert difficulty_verdict("x", 0, 4).reason == "never solved"
+    assert difficulty_verdict("x", 4, 4).reason == "always solved"
+    assert difficulty_verdict("x", 1, 4).detail == "solved 1/4"
+
+
+def test_perception_keeps_items_the_crop_makes_easier():
+    assert perception_verdict("x", 3, 1, 4).kept and perception_verdict("x", 3, 1, 4).reason == "crop helps"
+    assert not perception_verdict("x", 1, 1, 4).kept and not perception_verdict("x", 0, 2, 4).kept
+    assert perception_verdict("x", 1, 2, 4).detail == "crop solved 1/4, full image 2/4"
+
+
+def test_crop_box_widens_the_union_and_clips():
+    assert crop_box([[100, 100, 140, 120]], 1000, 1000, 0.5) == (80, 90, 160, 130)
+    assert crop_box([[10, 10, 50, 50], [900, 900, 990, 950]], 1000, 1000, 0.5) == (0, 0, 1000, 1000)
+    assert crop_box([[100, 100, 140, 120]], 1000, 1000, 0.0) == (100, 100, 140, 120)
+
+
+def test_ground_truth_crop_replaces_the_image():
+    sample = make_sample(0, 512, 0, "train")
+    cropped = with_ground_truth_crop(sample, 0.5, 10**8)
+    image = decode_image(cropped.images[0], 10**8)
+    x1, y1, x2, y2 = crop_box(sample.gt_boxes, 512, 512, 0.5)
+    assert image.size == (x2 - x1, y2 - y1) and cropped.gt_boxes == []
+    assert cropped.question == sample.question and cropped.id == sample.id
+
+
+def mc_sample(index: int, choices: list[str], answer: str, boxes: bool = True):
+    """A synthetic row with its options and answer replaced (the prompt lists the new options)."""
+    base = make_sample(index, 512, 0, "train")
+    return dataclasses.replace(
+        base, choices=choices, answer=answer, gt_boxes=base.gt_boxes if boxes else [],
+        messages=[{"role": "user", "content": multiple_choice_prompt(base.question, choices)}])
+
+
+COLOURS = ["blue", "red", "green", "yellow"]
+
+
+def curation_rows() -> list:
+    """Rows whose fate under the scripted answers 'A' and 'A. red' (one trajectory each) is known."""
+    return [
+        mc_sample(0, ["red", "blue", "green", "yellow"], "A"),  # both right: always solved
+        mc_sample(1, COLOURS, "A"),                  # 1/2; crop gives the same 1/2: crop does not help
+        mc_sample(2, COLOURS, "A", boxes=False),     # 1/2, no box: kept
+        mc_sample(3, COLOURS, "C"),                  # 0/2: never solved
+        mc_sample(4, COLOURS, "E"),                  # label: answer not among the choices
+        dataclasses.replace(mc_sample(5, COLOURS, "A"), gt_boxes=[[400.0, 400.0, 520.0, 500.0]]),  # box out
+        dataclasses.replace(mc_sample(6, COLOURS, "A"), images=[b"not a png"]),  # label: image
+        mc_sample(7, [], "B", boxes=False),          # label: a letter answer without choices
+        mc_sample(8, COLOURS, "blue", boxes=False),  # 1/2 once standardized to 'A': kept
+    ]
+
+
+def test_label_stage_drops_bad_rows_with_file_row_and_column(tmp_path):
+    path = str(write_samples(curation_rows(), tmp_path / "rows.parquet"))
+    rows, verdicts = read_rows(path, 10**8)
+    assert [s.id for s in rows] == ["rows:0", "rows:1", "rows:2", "rows:3", "rows:8"]
+    assert rows[-1].answer == "A"  # standardized from the option text
+    dropped = {v.id: v.detail for v in verdicts if not v.kept}
+    assert set(dropped) == {"rows:4", "rows:5", "rows:6", "rows:7"}
+    assert "rows.parquet: row 4, column 'reward_model': the answer 'E' is not among" in dropped["rows:4"]
+    assert "row 5, column 'extra_info'.gt_boxes[0]" in dropped["rows:5"]
+    assert "row 6, column 'images'[0]: cannot decode image" in dropped["rows:6"]
+    assert "row 7, column 'extra_info': the answer 'B' is an option letter" in dropped["rows:7"]
+
+
+def test_progress_file_resumes_and_refuses_other_settings(tmp_path):
+    path = tmp_path / "out.progress.jsonl"
+    progress = Progress(path, {"k": 2})
+    progress.add(difficulty_verdict("a", 1, 2))
+    progress.close()
+    with open(path, "a") as sink:
+        sink.write('{"stage": "difficulty", "id": "b", "ke')  # cut short by an interruption
+    again = Progress(path, {"k": 2})
+    assert again.resumed == 1 and again.get("difficulty", "a") == difficulty_verdict("a", 1, 2)
+    assert again.get("difficulty", "b") is None
+    again.close()
+    with pytest.raises(ConfigError, match="written with other settings"):
+        Progress(path, {"k": 4})
+
+
+def test_a_finished_progress_file_reruns_without_an_engine(tmp_path, tiny_model_path):
+    """Everything sampled already: curate writes its outputs from the progress file alone."""
+    data = str(write_samples(curation_rows(), tmp_path / "rows.parquet"))
+    cfg = load_config(None, ["curate.k=2"])
+    out = tmp_path / "kept.parquet"
+    settings = {"data": str((tmp_path / "rows.parquet").resolve()), "model": tiny_model_path, "k": 2,
+                "temperature": 1.0, "crop_context": 0.5}
+    progress = Progress(out.with_suffix(".progress.jsonl"), settings)
+    counts = [("rows:0", 2), ("rows:1", 1), ("rows:2", 1), ("rows:3", 0), ("rows:8", 1)]
+    for sample_id, correct in counts:
+        progress.add(difficulty_verdict(sample_id, correct, 2))
+    progress.add(perception_verdict("rows:1", 2, 1, 2))  # here the crop helped
+    progress.close()
+    report = run_curate(cfg, tiny_model_path, data, out, show=lambda line: None)
+    assert report["resumed_verdicts"] == 6 and report["tokens_per_s"] == 0.0  # nothing sampled
+    assert [s.id for s in read_samples(out)] == ["kept:1", "kept:2", "kept:8"]
+
+
+def expected_report_checks(report: dict, kept_path) -> None:
+    stages = report["stages"]
+    assert report["rows"] == 9 and report["kept"] == 2
+    assert stages["labels"]["dropped"] == 4 and stages["labels"]["kept"] == 5
+    assert stages["difficulty"]["in"] == 5
+    assert stages["difficulty"]["dropped_by_reason"] == {"always solved": 1, "never solved": 1}
+    assert report["difficulty_histogram"] == {"0": 1, "1": 3, "2": 1}
+    assert stages["perception"]["in"] == 1
+    assert stages["perception"]["dropped_rows"] == [
+        {"id": "rows:1", "reason": "crop does not help", "detail": "crop solved 1/2, full image 1/2"}]
+    assert report["perception_not_applicable"] == 2
+    kept = read_samples(kept_path)  # the curated file loads as training data
+    assert [s.id for s in kept] == ["kept:2", "kept:8"] and [s.answer for s in kept] == ["A", "A"]
+
+
+@pytest.mark.slow
+def test_curate_end_to_end_on_the_tiny_model(tmp_path):
+    """Trajectory 0 of each group answers 'A', trajectory 1 'A. red' (forcing logits processor), so
+    each row's count of right answers is known; then a rerun resumes without sampling again."""
+    data = write_samples(curation_rows(), tmp_path / "rows.parquet")
+    out = tmp_path / "kept.parquet"
+    scripts = json.dumps([["<think>a</think><answer>A</answer><|im_end|>"],
+                          ["<think>a</think><answer>A. red</answer><|im_end|>"]])
+    command = [sys.executable, "-m", "zoomrl.cli", "curate", "--data", str(data), "--out", str(out),
+               "curate.k=2", "rollout.max_tokens_per_turn=32",
+               "rollout.engine.logits_processors=[actors.forcing:ForcedTurnsLogitsProcessor]",
+               f"rollout.sampling_extra_args.forced_turns_by_trajectory={scripts}"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "difficulty 5/5" in result.stdout and "perception 1/1" in result.stdout
+    report = json.loads(out.with_suffix(".report.json").read_text())
+    expected_report_checks(report, out)
+    assert report["resumed_verdicts"] == 0 and report["tokens_per_s"] > 0
+    again = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "difficulty 5/5" not in again.stdout  # nothing sampled again
+    report = json.loads(out.with_suffix(".report.json").read_text())
+    expected_report_checks(report, out)
+    assert report["resumed_verdicts"] == 6 and report["tokens_per_s"] == 0.0
