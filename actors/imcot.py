@@ -124,7 +124,7 @@ async def run_trajectory(sample: Sample, views: list[ImageView], engine: Engine,
         budget.generated += len(tokens)
         num_turns += 1
         text = tokenizer.decode(tokens, skip_special_tokens=False)
-        call = parse_tool_call(text)
+        call = parse_tool_call(text) if cfg.tools.enabled else None  # no tools: every turn is the last
         if extract_answer([text]) is not None:
             end_reason = "answer"
         elif call is None:

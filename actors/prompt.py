@@ -32,19 +32,29 @@ INSTRUCTION = (
 )
 
 
+# Without tools (tools.enabled=[]): the same answer format, nothing to call. For baselines such
+# as Qwen2.5-VL-7B answering from the full image alone.
+SYSTEM_WITHOUT_TOOLS = "You are a helpful assistant."
+INSTRUCTION_WITHOUT_TOOLS = ("Think first, then answer. Format strictly as:  <think>...</think>  "
+                             "<answer>...</answer>")
+
+
 def render_prompt(sample: Sample, tool_names: list[str]) -> str:
     """System prompt with the tools, the sample's turns, and an open assistant turn.
 
-    A sample without a system message gets the tool-use system prompt; a user turn that does not
-    already ask for `<answer>` (the released DeepEyes rows do) gets the instruction appended.
+    A sample without a system message gets the tool-use system prompt (a plain one when no tool is
+    enabled); a user turn that does not already ask for `<answer>` (the released DeepEyes rows do)
+    gets the instruction appended.
     """
     messages = [dict(m) for m in sample.messages]
     if messages[0]["role"] != "system":
-        messages.insert(0, {"role": "system",
-                            "content": SYSTEM_WITH_TOOLS.format(tools=render_tools_prompt(tool_names))})
+        system = (SYSTEM_WITH_TOOLS.format(tools=render_tools_prompt(tool_names)) if tool_names
+                  else SYSTEM_WITHOUT_TOOLS)
+        messages.insert(0, {"role": "system", "content": system})
     last_user = max(i for i, m in enumerate(messages) if m["role"] == "user")
     if "<answer>" not in messages[last_user]["content"]:
-        messages[last_user]["content"] = messages[last_user]["content"].rstrip() + "\n" + INSTRUCTION
+        instruction = INSTRUCTION if tool_names else INSTRUCTION_WITHOUT_TOOLS
+        messages[last_user]["content"] = messages[last_user]["content"].rstrip() + "\n" + instruction
     turns = [f"{IM_START}{m['role']}\n{m['content'].replace(IMAGE_PLACEHOLDER, IMAGE)}{IM_END}\n"
              for m in messages]
     return "".join(turns) + ASSISTANT_OPEN

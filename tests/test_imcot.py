@@ -16,7 +16,7 @@ from transformers import AutoTokenizer
 
 from actors.engine import TurnOutput, TurnRequest
 from actors.imcot import cut_at_stop, run_trajectory, turn_seed
-from actors.prompt import INSTRUCTION
+from actors.prompt import INSTRUCTION, INSTRUCTION_WITHOUT_TOOLS
 from tools import execute_tool, initial_view
 from zoomrl.data import read_samples
 from zoomrl.images import num_image_tokens
@@ -66,8 +66,10 @@ def sample(synth_dir):
     return read_samples(str(synth_dir / "train.parquet"))[0]
 
 
-def rollout(tokenizer, sample, tiny_cfg, script, **overrides):
+def rollout(tokenizer, sample, tiny_cfg, script, tools=None, **overrides):
     cfg = OmegaConf.merge(tiny_cfg, {"rollout": overrides}) if overrides else tiny_cfg
+    if tools is not None:
+        cfg = OmegaConf.merge(cfg, {"tools": {"enabled": tools}})
     engine = ScriptedEngine(tokenizer, script)
     views = [initial_view(sample.images[0], cfg.model, cfg.data.max_decoded_pixels)]
 
@@ -104,6 +106,14 @@ def test_two_zooms_then_answer_builds_an_exact_trajectory(tokenizer, sample, tin
     assert [r.engine_ids.count(pad) for r in engine.requests] == [1, 2, 3]
     assert [len(r.images) for r in engine.requests] == [1, 2, 3]
     assert traj.response_text.count("<tool_response>") == 2 and INSTRUCTION in traj.response_text
+
+
+def test_without_tools_nothing_is_offered_or_executed(tokenizer, sample, tiny_cfg):
+    traj, engine = rollout(tokenizer, sample, tiny_cfg, [zoom([0, 0, 224, 224]), ANSWER], tools=[])
+    prompt = tokenizer.decode(engine.requests[0].engine_ids, skip_special_tokens=False)
+    assert "<tools>" not in prompt and "image_zoom_in_tool" not in prompt
+    assert INSTRUCTION_WITHOUT_TOOLS in prompt
+    assert len(engine.requests) == 1 and traj.tool_calls == [] and traj.end_reason == "no_tool_call"
 
 
 def test_engine_running_past_the_stop_is_cut_at_the_first_tool_call(tokenizer, sample, tiny_cfg):
