@@ -179,3 +179,12 @@ def test_a_frame_region_is_that_region_of_the_whole_turned_frame(original, angle
         np.testing.assert_array_equal(whole, np.rot90(original[::4, ::4], k=int(angle // 90)))
     else:  # the same sample points, up to float rounding of the warp's offset
         assert np.abs(part.astype(int) - expected).max() <= 2
+
+
+@pytest.mark.parametrize("angle, box", [(10, [0, 0, 27, 29]), (45, [0, 0, 40, 40])])
+def test_zoom_into_the_margin_a_rotation_added_is_an_error(view, angle, box):
+    """Found by hypothesis: a box in a corner of a rotated view passes the size check in the
+    rotated frame but shows (almost) none of the original."""
+    rotated = rotate([view], angle).view
+    outcome = execute_tool(ToolCall("image_zoom_in_tool", {"bbox_2d": box}), [view, rotated], TOOLS, MODEL)
+    assert outcome.view is None and "blank margin the rotation added" in outcome.error

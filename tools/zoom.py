@@ -63,8 +63,14 @@ def zoom_in(arguments: dict[str, Any], view: ImageView, tools_cfg: ToolsConfig,
                         f"which is {view.width}x{view.height} pixels")
     region = snap_region(view.to_frame(clipped), view.frame_size)
     _check_size(region, view, tools_cfg)
+    box_original = view.frame_box_to_original(region)
+    shown = min(box_original[2] - box_original[0], box_original[3] - box_original[1])
+    if shown < tools_cfg.min_box_side:  # a corner of a rotated view: mostly the margin it added
+        raise ToolError(f"the box shows only {box_original[2] - box_original[0]:.0f}x"
+                        f"{box_original[3] - box_original[1]:.0f} pixels of the picture: the rest is "
+                        "the blank margin the rotation added; choose a box over the picture itself")
     crop = view.derive(view.load_original(), view.angle, region, model_cfg)
-    return ToolOutcome(view=crop, error="", box_original=view.frame_box_to_original(region))
+    return ToolOutcome(view=crop, error="", box_original=box_original)
 
 
 ZOOM_IN_TOOL = Tool(
