@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable
 from dataclasses import dataclass
 
 import numpy as np
@@ -28,7 +29,8 @@ from rewards import score_group, score_group_task
 from tools import ImageView, ToolCall, ToolOutcome, execute_tool, execute_tool_task, initial_view
 from zoomrl.config import Config
 from zoomrl.metrics import RayMetrics
-from zoomrl.types import Group, Sample
+from zoomrl.tensors import PackedTensors, unpack
+from zoomrl.types import Group, Sample, Trajectory
 
 # Figures each rollout actor reports per group through ray.util.metrics (tagged with the actor).
 ACTOR_METRICS = ["rollout_tokens_per_s", "accuracy", "reward_mean", "response_tokens",
@@ -50,6 +52,37 @@ class GroupInfo:
     seconds: float
 
 
+class Occupancy:
+    """Where a rollout actor's time went, for the pipeline figures (cumulative seconds).
+
+    busy: at least one trajectory in flight. all_in_tools: trajectories in flight, and every one
+    of them waiting on a tool task, so the engine had nothing to generate. loading_weights: in
+    `update_weights`, after the groups in flight finished. One event loop runs the actor's
+    coroutines, so plain counters suffice.
+    """
+
+    def __init__(self) -> None:
+        self.live = self.in_tools = self.tool_calls = 0
+        self.busy_s = self.all_in_tools_s = self.tool_s = self.loading_weights_s = 0.0
+        self._since = time.perf_counter()
+
+    def change(self, live: int = 0, in_tools: int = 0) -> None:
+        """Account the time since the last change, then apply this one."""
+        now = time.perf_counter()
+        if self.live:
+            self.busy_s += now - self._since
+            if self.in_tools == self.live:
+                self.all_in_tools_s += now - self._since
+        self.tool_s += self.in_tools * (now - self._since)
+        self.tool_calls += max(in_tools, 0)
+        self.live, self.in_tools, self._since = self.live + live, self.in_tools + in_tools, now
+
+    def figures(self) -> dict[str, float]:
+        self.change()
+        return {"busy_s": self.busy_s, "all_in_tools_s": self.all_in_tools_s, "tool_s": self.tool_s,
+                "tool_calls": float(self.tool_calls), "loading_weights_s": self.loading_weights_s}
+
+
 class RolloutWorker:
     """One generation engine and the iMCoT loop over it.
 
@@ -69,6 +102,7 @@ class RolloutWorker:
         self._accepting.set()
         self._update_lock = asyncio.Lock()
         self._metrics = RayMetrics(ACTOR_METRICS, tag_keys=("actor",)) if use_ray_tasks else None
+        self.occupancy = Occupancy()
 
     # Two results: the small GroupInfo the driver reads, and the Group, which stays in the object
     # store (owned by the caller, so it outlives this actor) until the learner fetches it.
@@ -85,13 +119,18 @@ class RolloutWorker:
             if self._groups_in_flight == 0:
                 self._idle.set()
 
-    async def update_weights(self, version: int, weights: dict[str, torch.Tensor]) -> int:
-        """Load weights of policy `version` (HF names); returns the version now loaded."""
+    async def update_weights(self, version: int, weights: PackedTensors | dict[str, torch.Tensor]) -> int:
+        """Load weights of policy `version` (HF names), packed as the learner publishes them (read
+        from the object store without a copy) or a plain state dict; returns the version now loaded."""
+        if isinstance(weights, PackedTensors):
+            weights = unpack(weights)
         async with self._update_lock:
             self._accepting.clear()
             try:
                 await self._idle.wait()
+                start = time.perf_counter()
                 await self.engine.load_weights(weights)
+                self.occupancy.loading_weights_s += time.perf_counter() - start
                 self.policy_version = version
             finally:
                 self._accepting.set()
@@ -101,6 +140,10 @@ class RolloutWorker:
         """The loaded policy version (callers wait on this to know the engine is up)."""
         return self.policy_version
 
+    def timing(self) -> dict[str, float]:
+        """Cumulative `Occupancy` figures of this actor (benchmarks diff them per step)."""
+        return self.occupancy.figures()
+
     def shutdown(self) -> None:
         self.engine.shutdown()
 
@@ -109,8 +152,8 @@ class RolloutWorker:
         version = self.policy_version
         views = self._initial_views(sample)
         trajectories = await asyncio.gather(*(
-            run_trajectory(sample, views, self.engine, self._run_tool, self.cfg, group_id=group_id,
-                           index=index, policy_version=version)
+            self._occupied(run_trajectory(sample, views, self.engine, self._run_tool, self.cfg,
+                                          group_id=group_id, index=index, policy_version=version))
             for index in range(self.cfg.rollout.n)))
         group = Group(group_id=group_id, sample=sample, trajectories=list(trajectories))
         if self.use_ray_tasks:
@@ -138,10 +181,21 @@ class RolloutWorker:
         sources = [ray.put(data) for data in sample.images] if self.use_ray_tasks else sample.images
         return [initial_view(source, self.cfg.model, max_pixels) for source in sources]
 
+    async def _occupied(self, trajectory: Awaitable[Trajectory]) -> Trajectory:
+        self.occupancy.change(live=1)
+        try:
+            return await trajectory
+        finally:
+            self.occupancy.change(live=-1)
+
     async def _run_tool(self, call: ToolCall, view: ImageView) -> ToolOutcome:
-        if self.use_ray_tasks:
-            return await execute_tool_task.remote(call, [view], self.cfg.tools, self.cfg.model)
-        return execute_tool(call, [view], self.cfg.tools, self.cfg.model)
+        self.occupancy.change(in_tools=1)
+        try:
+            if self.use_ray_tasks:
+                return await execute_tool_task.remote(call, [view], self.cfg.tools, self.cfg.model)
+            return execute_tool(call, [view], self.cfg.tools, self.cfg.model)
+        finally:
+            self.occupancy.change(in_tools=-1)
 
 
 RolloutActor = ray.remote(RolloutWorker)  # async methods: an async actor, many calls in flight

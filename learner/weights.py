@@ -3,9 +3,11 @@
 Object store (the default, `weight_sync.method: object_store`): every rank joins one gather of
 the full state dict onto rank 0 (CPU, engine dtype, names exactly as
 `Qwen2_5_VLForConditionalGeneration.state_dict()` gives them, which vLLM's `load_weights` and
-`reload_weights` take); rank 0's method returns it, so Ray stores it once in the object store
-and hands the caller a reference. The driver gives rollout actors a `WeightsRef`; passing
-`ref` as a top-level argument of an actor call makes Ray resolve it to the dict on their node:
+`reload_weights` take); rank 0's method returns it packed as numpy byte arrays
+(`zoomrl.tensors.pack`), so Ray stores it once in the object store, hands the caller a reference,
+and every actor on the node reads it without a copy (a pickled torch tensor is copied in and
+out). The driver gives rollout actors a `WeightsRef`; passing `ref` as a top-level argument of an
+actor call makes Ray resolve it to the packed dict on their node:
 
     weights = learner.publish_weights(version)
     ray.get([actor.update_weights.remote(weights.version, weights.ref) for actor in actors])
@@ -30,7 +32,8 @@ class WeightsRef:
     version: int
     """Policy version (updates done) these weights are."""
     ref: object
-    """ray.ObjectRef of a dict[str, torch.Tensor]: full HF state dict, CPU, engine dtype."""
+    """ray.ObjectRef of a zoomrl.tensors.PackedTensors: full HF state dict, CPU, engine dtype
+    (`zoomrl.tensors.unpack` gives the dict[str, torch.Tensor])."""
 
 
 def full_state_dict(model: nn.Module, dtype: torch.dtype) -> dict[str, torch.Tensor]:

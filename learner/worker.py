@@ -32,6 +32,7 @@ from learner.model import load_policy, parallelize, token_logprobs
 from learner.weights import full_state_dict
 from zoomrl.config import Config
 from zoomrl.metrics import RayMetrics
+from zoomrl.tensors import PackedTensors, pack
 
 # Loss statistics summed over micro-batches and ranks. Each is normalized by the step's global
 # counts, so the sums are batch means; "tokens" is the exception (tokens through forward and
@@ -87,14 +88,18 @@ class LearnerWorker:
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
         batches = [self._prepare(shard) for shard in shards]  # all old logprobs before any step
+        prepared = time.perf_counter()
         steps = [self._accumulate(batch, shard) | self.optimizer_step()
                  for batch, shard in zip(batches, shards, strict=True)]
         self.step += 1
         metrics = {key: sum(s[key] for s in steps) / len(steps) for key in steps[0] if key != "tokens"}
-        elapsed = torch.tensor(time.perf_counter() - start, device=self.device)
-        dist.all_reduce(elapsed, op=dist.ReduceOp.MAX)
-        metrics["learner_tokens_per_s"] = sum(s["tokens"] for s in steps) / float(elapsed)
+        # (whole update, collation) on the slowest rank
+        seconds = torch.tensor([time.perf_counter() - start, prepared - start], device=self.device)
+        dist.all_reduce(seconds, op=dist.ReduceOp.MAX)
+        metrics["learner_tokens_per_s"] = sum(s["tokens"] for s in steps) / float(seconds[0])
+        metrics["learner_seconds"], metrics["learner_prepare_seconds"] = seconds.tolist()
         metrics["learner_peak_memory_bytes"] = self._peak_memory_bytes()
+        metrics["learner_state_bytes"] = self._state_bytes()
         metrics["step"] = self.step
         metrics["optimizer_steps"] = len(shards)
         metrics["micro_batches"] = sum(len(shard.micro_batches) for shard in shards)
@@ -137,9 +142,10 @@ class LearnerWorker:
         # copies: on one CPU rank the gathered tensors are the live parameters themselves
         return tree_map_only(Tensor, torch.clone, state)
 
-    def state_dict_for_engine(self) -> dict[str, Tensor]:
-        """Full HF state dict in the engine dtype on rank 0 ({} elsewhere); see learner.weights."""
-        return full_state_dict(self.model, getattr(torch, self.cfg.model.dtype))
+    def state_dict_for_engine(self) -> PackedTensors:
+        """Full HF state dict in the engine dtype on rank 0 (empty elsewhere), packed for the
+        object store; see learner.weights."""
+        return pack(full_state_dict(self.model, getattr(torch, self.cfg.model.dtype)))
 
     def save_checkpoint(self, root: str, step: int, extra: dict) -> str:
         """Checkpoint this step under root (atomically); returns the checkpoint folder.
@@ -207,6 +213,16 @@ class LearnerWorker:
                               device=self.device)
         dist.all_reduce(summed)
         return dict(zip(self.stat_keys, summed.tolist(), strict=True))
+
+    def _state_bytes(self) -> float:
+        """Largest over ranks: bytes of this rank's parameter shards and optimizer state (what
+        FSDP divides among the ranks; activations and the runtime are not counted)."""
+        state = [t for per_param in self.optimizer.state.values() for t in per_param.values()
+                 if isinstance(t, Tensor)]
+        local = [t.to_local() if isinstance(t, DTensor) else t for t in [*self.model.parameters(), *state]]
+        size = torch.tensor(float(sum(t.numel() * t.element_size() for t in local)), device=self.device)
+        dist.all_reduce(size, op=dist.ReduceOp.MAX)
+        return float(size)
 
     def _peak_memory_bytes(self) -> float:
         """Largest peak over ranks: CUDA memory allocated during this update, or on CPU the

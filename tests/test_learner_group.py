@@ -21,6 +21,7 @@ from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
 from learner.checkpoint import export_hf, latest_checkpoint
 from learner.group import LearnerGroup
 from zoomrl.config import load_config
+from zoomrl.tensors import PackedTensors, unpack
 
 pytestmark = pytest.mark.slow
 
@@ -119,15 +120,15 @@ def test_all_equal_reward_groups_are_filtered(group, groups):
 def test_publish_weights_through_the_object_store(group, tiny_model_path):
     weights = group.publish_weights(group.step)
     assert weights.version == group.step
-    state = ray.get(weights.ref)
+    state = unpack(ray.get(weights.ref))
     expected = snapshot(group)[0]
     assert state.keys() == expected.keys()
     assert all(torch.equal(state[k], expected[k]) and state[k].dtype == torch.float32 for k in state)
     plain_model(tiny_model_path, state)  # HF names: loads strictly into the rollout-side model
 
     @ray.remote(num_cpus=0)
-    def total(resolved: dict) -> float:  # a top-level ref argument arrives as the dict itself
-        return float(sum(t.double().sum() for t in resolved.values()))
+    def total(resolved: PackedTensors) -> float:  # a top-level ref argument arrives as the value itself
+        return float(sum(t.double().sum() for t in unpack(resolved).values()))
 
     expected_total = sum(float(t.double().sum()) for t in state.values())
     assert ray.get(total.remote(weights.ref)) == pytest.approx(expected_total)

@@ -114,12 +114,15 @@ class RolloutPool:
         self.in_flight[info_ref] = GroupRequest(sample, group_id, actor, group_ref)
 
     def poll(self, timeout_s: float) -> list[FinishedGroup]:
-        """Groups finished within timeout_s; a failed actor's groups are re-issued."""
+        """Every group finished, waiting up to timeout_s for the first; a failed actor's groups are
+        re-issued."""
         if self.starting:
             self._admit_started(timeout_s=0)
         if not self.in_flight:
             return []
-        ready, _ = ray.wait(list(self.in_flight), num_returns=len(self.in_flight), timeout=timeout_s,
+        if not ray.wait(list(self.in_flight), num_returns=1, timeout=timeout_s, fetch_local=True)[0]:
+            return []
+        ready, _ = ray.wait(list(self.in_flight), num_returns=len(self.in_flight), timeout=0,
                             fetch_local=True)
         finished = []
         for info_ref in ready:

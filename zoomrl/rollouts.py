@@ -40,7 +40,9 @@ class RolloutSession:
         self.response_tokens = 0
         """Tokens the policy sampled, over every trajectory handed back."""
 
-    def _started(self) -> RolloutPool:
+    @property
+    def pool(self) -> RolloutPool:
+        """The actors, started on first use."""
         if self._pool is None:
             start = time.perf_counter()
             start_ray(self.cfg)
@@ -55,7 +57,7 @@ class RolloutSession:
         """
         if not samples:
             return
-        pool = self._started()
+        pool = self.pool
         start = time.perf_counter()
         pending = list(enumerate(samples))
         try:

@@ -1,0 +1,1 @@
+"""Benchmarks: `python -m bench CASE ...` (see bench/README.md)."""

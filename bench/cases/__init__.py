@@ -1,0 +1,1 @@
+"""One module per benchmark case; see bench/common.py for what a case provides."""
