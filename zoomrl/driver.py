@@ -126,7 +126,7 @@ class Driver:
         sync_start = time.perf_counter()
         if version != self.sent_version:
             weights = self.learner.publish_weights(version)
-            self.pool.update_weights(version, weights.ref)
+            self.pool.update_weights(version, weights.ref, wait=False)  # engines load while we go on
             self.sent_version = version
         sync_s = time.perf_counter() - sync_start
         queue_stats = ray.get(self.queue.stats.remote())

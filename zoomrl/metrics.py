@@ -54,7 +54,8 @@ METRICS: tuple[MetricSpec, ...] = (
     MetricSpec("policy_staleness", "gauge",
                "Mean versions between the learner and the policy that produced its batch."),
     MetricSpec("dropped_groups", "counter", "Groups dropped for staleness, in total."),
-    MetricSpec("weight_sync_seconds", "gauge", "Seconds to publish weights and load them in every engine."),
+    MetricSpec("weight_sync_seconds", "gauge", "Seconds to publish the weights and send them to the "
+               "engines (they load them while the next step runs)."),
     MetricSpec("step_seconds", "gauge", "Wall time of the step."),
     MetricSpec("learner_peak_memory_bytes", "gauge", "Peak memory of one learner rank in the step."),
 )

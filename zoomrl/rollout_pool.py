@@ -61,6 +61,8 @@ class RolloutPool:
         self.in_flight: dict[ray.ObjectRef, GroupRequest] = {}  # GroupInfo ref -> request
         self.weights: tuple[int, ray.ObjectRef] | None = None
         """(version, ObjectRef of the state dict) last published; None = the model path's."""
+        self.loading: list[ray.ObjectRef] = []
+        """update_weights calls not yet finished (the driver does not wait for them)."""
         self.reissued = 0
         self.resize(num_workers)
         self.wait_started()
@@ -118,6 +120,8 @@ class RolloutPool:
         re-issued."""
         if self.starting:
             self._admit_started(timeout_s=0)
+        if self.loading:
+            self._settle_loading(timeout_s=0)
         if not self.in_flight:
             return []
         if not ray.wait(list(self.in_flight), num_returns=1, timeout=timeout_s, fetch_local=True)[0]:
@@ -156,10 +160,22 @@ class RolloutPool:
         self.reissued += 1
         self.submit(request.sample, request.group_id)
 
-    def update_weights(self, version: int, weights_ref: ray.ObjectRef) -> None:
-        """Load a new policy version into every actor; returns once all hold it (see actors/)."""
+    def update_weights(self, version: int, weights_ref: ray.ObjectRef, wait: bool = True) -> None:
+        """Send a new policy version to every actor; with `wait`, return once all hold it.
+
+        An actor takes no new group from the moment the call reaches it, finishes the groups it
+        holds on the old weights, loads the new ones and carries on (see actors/), so groups
+        submitted after this call run on `version` whether or not the caller waits.
+        """
         self.weights = (version, weights_ref)
-        for ref in [actor.update_weights.remote(version, weights_ref) for actor in self.actors]:
+        self.loading += [actor.update_weights.remote(version, weights_ref) for actor in self.actors]
+        if wait:
+            self._settle_loading(timeout_s=None)
+
+    def _settle_loading(self, timeout_s: float | None) -> None:
+        """Collect finished weight loads, raising an engine's error."""
+        done, self.loading = ray.wait(self.loading, num_returns=len(self.loading), timeout=timeout_s)
+        for ref in done:
             try:
                 ray.get(ref)
             except ACTOR_FAILURES:
