@@ -93,13 +93,15 @@ class LearnerWorker:
                  for batch, shard in zip(batches, shards, strict=True)]
         self.step += 1
         metrics = {key: sum(s[key] for s in steps) / len(steps) for key in steps[0] if key != "tokens"}
-        # (whole update, collation) on the slowest rank
-        seconds = torch.tensor([time.perf_counter() - start, prepared - start], device=self.device)
-        dist.all_reduce(seconds, op=dist.ReduceOp.MAX)
-        metrics["learner_tokens_per_s"] = sum(s["tokens"] for s in steps) / float(seconds[0])
-        metrics["learner_seconds"], metrics["learner_prepare_seconds"] = seconds.tolist()
+        # whole update, collation, and parameter + optimizer bytes: each the largest over ranks
+        largest = torch.tensor([time.perf_counter() - start, prepared - start, self._state_bytes()],
+                               device=self.device)
+        dist.all_reduce(largest, op=dist.ReduceOp.MAX)
+        update_s, prepare_s, state_bytes = largest.tolist()
+        metrics["learner_tokens_per_s"] = sum(s["tokens"] for s in steps) / update_s
+        metrics["learner_seconds"], metrics["learner_prepare_seconds"] = update_s, prepare_s
         metrics["learner_peak_memory_bytes"] = self._peak_memory_bytes()
-        metrics["learner_state_bytes"] = self._state_bytes()
+        metrics["learner_state_bytes"] = state_bytes
         metrics["step"] = self.step
         metrics["optimizer_steps"] = len(shards)
         metrics["micro_batches"] = sum(len(shard.micro_batches) for shard in shards)
@@ -215,14 +217,12 @@ class LearnerWorker:
         return dict(zip(self.stat_keys, summed.tolist(), strict=True))
 
     def _state_bytes(self) -> float:
-        """Largest over ranks: bytes of this rank's parameter shards and optimizer state (what
-        FSDP divides among the ranks; activations and the runtime are not counted)."""
+        """Bytes of this rank's parameter shards and optimizer state (what FSDP divides among the
+        ranks; activations and the runtime are not counted)."""
         state = [t for per_param in self.optimizer.state.values() for t in per_param.values()
                  if isinstance(t, Tensor)]
         local = [t.to_local() if isinstance(t, DTensor) else t for t in [*self.model.parameters(), *state]]
-        size = torch.tensor(float(sum(t.numel() * t.element_size() for t in local)), device=self.device)
-        dist.all_reduce(size, op=dist.ReduceOp.MAX)
-        return float(size)
+        return float(sum(t.numel() * t.element_size() for t in local))
 
     def _peak_memory_bytes(self) -> float:
         """Largest peak over ranks: CUDA memory allocated during this update, or on CPU the
