@@ -133,11 +133,3 @@ def write_result(case: str, result: Result, cfg: Config | None, args: argparse.N
     out.write_text(json.dumps(record, indent=2, default=_plain) + "\n")
     print(f"{case}: {result.summary}  [{out}]", flush=True)
     return record
-
-
-def start_local_ray(cfg: Config) -> None:
-    """A local Ray cluster (or RAY_ADDRESS) sized for the config, token auth off locally."""
-    from zoomrl.cluster import start_ray
-
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    start_ray(cfg)

@@ -27,7 +27,8 @@ import time
 import ray
 from omegaconf import OmegaConf
 
-from bench.common import Result, spread, start_local_ray
+from bench.common import Result, spread
+from zoomrl.cluster import start_ray
 from zoomrl.config import Config
 
 NAME = "async_vs_sync"
@@ -110,7 +111,7 @@ def one_run(cfg: Config, staleness: int, steps: int) -> dict:
 
 
 def run(args: argparse.Namespace, cfg: Config) -> Result:
-    start_local_ray(cfg)
+    start_ray(cfg)
     runs = []
     for _ in range(args.pairs):
         for staleness in (0, args.staleness):

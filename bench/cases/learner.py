@@ -19,7 +19,8 @@ import time
 import numpy as np
 from omegaconf import OmegaConf
 
-from bench.common import Result, spread, start_local_ray
+from bench.common import Result, spread
+from zoomrl.cluster import start_ray
 from zoomrl.config import Config
 
 NAME = "learner"
@@ -92,7 +93,7 @@ def run(args: argparse.Namespace, cfg: Config) -> Result:
 
     model_path = ensure_model(cfg.model)
     groups = make_groups(model_path, args.groups, cfg.rollout.n, args.seed)
-    start_local_ray(OmegaConf.merge(cfg, {"learner": {"num_ranks": max(args.ranks)}}))
+    start_ray(OmegaConf.merge(cfg, {"learner": {"num_ranks": max(args.ranks)}}))
     per_ranks = [measure_ranks(cfg, model_path, groups, ranks, args.steps) for ranks in args.ranks]
     lengths = [len(t.input_ids) for g in groups for t in g.trajectories]
     figures: dict = {"trajectories": len(lengths), "tokens_per_update": sum(lengths),

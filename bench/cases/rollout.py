@@ -21,7 +21,8 @@ import numpy as np
 import ray
 from omegaconf import OmegaConf
 
-from bench.common import Result, start_local_ray
+from bench.common import Result
+from zoomrl.cluster import start_ray
 from zoomrl.config import Config
 
 NAME = "rollout"
@@ -90,7 +91,7 @@ def run(args: argparse.Namespace, cfg: Config) -> Result:
         cfg = scripted(cfg)
     inputs = prepare_inputs(cfg)
     samples = read_samples(inputs.train_files, cfg.data.max_decoded_pixels)[: args.prompts]
-    start_local_ray(OmegaConf.merge(cfg, {"rollout": {"num_workers": max(args.workers)}}))
+    start_ray(OmegaConf.merge(cfg, {"rollout": {"num_workers": max(args.workers)}}))
     per_workers = [generate(cfg, inputs.model_path, samples, workers) for workers in args.workers]
     figures: dict = {"prompts": len(samples), "n": cfg.rollout.n, "scripted_first_zoom": not args.free,
                      "by_workers": per_workers}

@@ -14,9 +14,10 @@ from __future__ import annotations
 import argparse
 import time
 
-from bench.common import Result, best_of, start_local_ray
+from bench.common import Result, best_of
 from tools import ToolCall, execute_tool, initial_view
 from tools.view import snap_region
+from zoomrl.cluster import start_ray
 from zoomrl.config import Config
 from zoomrl.synth import make_sample
 
@@ -74,7 +75,7 @@ def run(args: argparse.Namespace, cfg: Config) -> Result:
     if not args.no_ray:
         import ray
 
-        start_local_ray(cfg)
+        start_ray(cfg)
 
         @ray.remote
         def noop() -> None:

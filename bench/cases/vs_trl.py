@@ -30,7 +30,8 @@ import time
 
 from omegaconf import OmegaConf
 
-from bench.common import Result, spread, start_local_ray
+from bench.common import Result, spread
+from zoomrl.cluster import start_ray
 from zoomrl.config import Config
 
 NAME = "vs_trl"
@@ -151,7 +152,7 @@ def run(args: argparse.Namespace, cfg: Config) -> Result:
     if not args.skip_zoomrl:
         # the same prompts in the same order: no shuffling, as TRL is told
         zoom_cfg = OmegaConf.merge(cfg, {"data": {"shuffle": False}})
-        start_local_ray(zoom_cfg)
+        start_ray(zoom_cfg)
         for mode, staleness in (("sync", 0), ("async", 1)):
             measured = one_run(zoom_cfg, staleness, args.steps)
             step_s = [s["period_s"] for s in measured["steps"]]

@@ -19,7 +19,8 @@ import ray
 import torch
 from omegaconf import OmegaConf
 
-from bench.common import Result, best_of, spread, start_local_ray
+from bench.common import Result, best_of, spread
+from zoomrl.cluster import start_ray
 from zoomrl.config import Config
 
 NAME = "weight_sync"
@@ -99,7 +100,7 @@ def run(args: argparse.Namespace, cfg: Config) -> Result:
     configs = {"base": cfg}
     if args.wide:
         configs["wide"] = wide_config(cfg, list(args.wide))
-    start_local_ray(cfg)
+    start_ray(cfg)
     sizes = {name: measure_size(c, args.repeats, bandwidth) for name, c in configs.items()}
     figures = {"memcpy_bytes_per_s": bandwidth, "sizes": sizes}
     parts = [f"{name} {s['model_bytes'] / 2**20:.1f} MiB: {s['sync_s']['median']:.2f} s/sync "
