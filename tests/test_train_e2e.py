@@ -39,6 +39,17 @@ def read_until(process, prefix: str, lines: list[str], timeout_s: float = 600) -
     raise AssertionError(f"no '{prefix}' within {timeout_s}s")
 
 
+def assert_every_group_accounted_for(run_dir, steps: list[dict]) -> None:
+    """Every group the stream issued is trained once, dropped as stale, or pending in the last
+    checkpoint (which a resume requests again)."""
+    trained = [b["group_id"] for record in steps for b in record["batch"]]
+    checkpoint = sorted((run_dir / "checkpoints").iterdir())[-1]
+    extra = json.loads((checkpoint / "trainer.json").read_text())["extra"]
+    pending = [group_id for _, group_id in extra["pending"]]
+    assert len(set(trained)) == len(trained) and not set(trained) & set(pending)
+    assert len(trained) + len(pending) + extra["dropped_groups"] == extra["stream"]["issued"]
+
+
 def test_train_runs_scrapes_and_resumes(tmp_path):
     cache = f"model.cache_dir={tmp_path / 'cache'}"
     lines: list[str] = []
@@ -72,6 +83,7 @@ def test_train_runs_scrapes_and_resumes(tmp_path):
     assert {t["step"] for t in trajectories} == {1, 2, 3}
     assert all(t["policy_version"] <= t["step"] - 1 for t in trajectories)
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["step-00000002", "step-00000003"]
+    assert_every_group_accounted_for(run_dir, steps)
 
     lines = []
     resumed = start(tmp_path, "--resume", str(run_dir), "run.total_steps=4")
@@ -84,3 +96,4 @@ def test_train_runs_scrapes_and_resumes(tmp_path):
     steps = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [s["step"] for s in steps] == [1, 2, 3, 4]
     assert all(g["policy_version"] == 3 for g in steps[-1]["batch"])  # fresh engines got version 3
+    assert_every_group_accounted_for(run_dir, steps)

@@ -57,11 +57,13 @@ class Driver:
         self.metrics = DriverMetrics(cfg.metrics.host, cfg.metrics.port)
         self.queue = ReplayQueueActor.remote(cfg.queue.capacity_groups, cfg.queue.max_staleness)
         self.learner = LearnerGroup(cfg, inputs.model_path)
-        position, pending = StreamPosition(), []
+        # dropped_groups: groups the queue dropped as too stale, over the whole run (resumes included)
+        position, pending, self.dropped_groups = StreamPosition(), [], 0
         if resume:
             state = self.learner.load_latest_checkpoint(self.checkpoint_dir)
             position = StreamPosition(**state.extra["stream"])
             pending = [(self.samples[sample_id], group_id) for sample_id, group_id in state.extra["pending"]]
+            self.dropped_groups = state.extra.get("dropped_groups", 0)
         self.step = self.learner.step
         self.stream = PromptStream(list(self.samples.values()), cfg.data.shuffle, cfg.data.seed, position)
         self.retry: list[tuple[Sample, str]] = pending
@@ -99,8 +101,12 @@ class Driver:
             self.rollout_tokens += done.info.response_tokens
             queued = QueuedGroup(done.ref, done.info.policy_version, done.info.group_id)
             ray.get(self.queue.put.remote(queued))
+        self._forget_dropped()
+
+    def _forget_dropped(self) -> None:
         for group_id in ray.get(self.queue.take_dropped_ids.remote()):
             self.outstanding.pop(group_id, None)
+            self.dropped_groups += 1
 
     def _follow_control(self) -> None:
         """Act on `zoomrl scale` / `zoomrl stop` requests, and report what the pool holds."""
@@ -163,10 +169,13 @@ class Driver:
 
     def _checkpoint(self) -> None:
         """Save the learner with the data position: the stream, and every group requested but not
-        trained on (queued, in flight or waiting to be re-requested), which a resume re-requests."""
+        trained on (queued, in flight or waiting to be re-requested), which a resume re-requests.
+        Every group the stream issued is then trained, dropped as stale, or pending."""
+        self._forget_dropped()  # the queue may have dropped groups since the last collect
         pending = [(sample.id, group_id) for sample, group_id in self.retry]
         pending += [(sample_id, group_id) for group_id, sample_id in self.outstanding.items()]
-        extra = {"stream": asdict(self.stream.position), "pending": pending}
+        extra = {"stream": asdict(self.stream.position), "pending": pending,
+                 "dropped_groups": self.dropped_groups}
         self.learner.save_checkpoint(self.checkpoint_dir, self.step, extra)
         self.checkpointed_step = self.step
 

@@ -91,13 +91,14 @@ class RolloutPool:
             self._admit_started(timeout_s=None)
 
     def _admit_started(self, timeout_s: float | None) -> None:
-        """Actors whose engine is up load the current weights, then take requests."""
+        """Actors whose engine is up take requests, after loading the current weights (without the
+        driver waiting: an actor starts no group while it loads, see update_weights)."""
         ready, _ = ray.wait(list(self.starting), num_returns=len(self.starting), timeout=timeout_s)
         for ready_ref in ready:
             actor = self.starting.pop(ready_ref)
             ray.get(ready_ref)  # an engine that failed to start raises here, naming its error
             if self.weights is not None:
-                ray.get(actor.update_weights.remote(*self.weights))
+                self.loading.append(actor.update_weights.remote(*self.weights))
             self.actors.append(actor)
 
     def _retire_idle(self) -> None:
