@@ -28,6 +28,7 @@ from actors.imcot import Engine, run_trajectory
 from rewards import score_group, score_group_task
 from tools import ImageView, ToolCall, ToolOutcome, execute_tool, execute_tool_task, initial_view
 from zoomrl.config import Config
+from zoomrl.images import decode_image
 from zoomrl.metrics import RayMetrics
 from zoomrl.tensors import PackedTensors, unpack
 from zoomrl.types import Group, Sample, Trajectory
@@ -175,10 +176,11 @@ class RolloutWorker:
         return info, group
 
     def _initial_views(self, sample: Sample) -> list[ImageView]:
-        """The sample's images as the model first sees them; with Ray, each original goes into the
-        object store once and tool tasks read it from there."""
+        """The sample's images as the model first sees them. Each original is decoded once for the
+        whole group, and with Ray its pixels go into the object store, where tool tasks read them."""
         max_pixels = self.cfg.data.max_decoded_pixels
-        sources = [ray.put(data) for data in sample.images] if self.use_ray_tasks else sample.images
+        originals = [np.asarray(decode_image(data, max_pixels)) for data in sample.images]
+        sources = [ray.put(pixels) for pixels in originals] if self.use_ray_tasks else originals
         return [initial_view(source, self.cfg.model, max_pixels) for source in sources]
 
     async def _occupied(self, trajectory: Awaitable[Trajectory]) -> Trajectory:

@@ -8,7 +8,7 @@ from drawn import squares
 from rewards import JudgeError, score_group_task
 from tools import ToolCall, execute_tool, execute_tool_task, initial_view, parse_tool_call
 from zoomrl.config import JudgeConfig, ModelConfig, RewardConfig, ToolsConfig
-from zoomrl.images import encode_png
+from zoomrl.images import decode_image, encode_png
 from zoomrl.types import Group, Sample, ToolCallRecord, Trajectory
 
 MODEL = ModelConfig()
@@ -53,6 +53,21 @@ def test_execute_tool_task_reads_the_original_from_an_object_ref(ray_cluster):
     # A bad call is an error outcome from the task, not a task failure.
     bad = ray.get(execute_tool_task.remote(_zoom_call([0, 0, 0, 0]), [view], TOOLS, MODEL))
     assert "no area" in bad.error and bad.view is None
+
+
+def test_decoded_pixels_in_the_object_store_crop_exactly_as_the_encoded_bytes(ray_cluster):
+    ray = ray_cluster
+    data = _original_bytes()
+    pixels = np.asarray(decode_image(data, 10**8))
+    encoded = initial_view(ray.put(data), MODEL, max_decoded_pixels=10**8)
+    decoded = initial_view(ray.put(pixels), MODEL, max_decoded_pixels=10**8)
+    np.testing.assert_array_equal(encoded.pixels, decoded.pixels)
+    assert decoded.original_size == (1024, 768)
+    for call in [_zoom_call([100, 80, 300, 240]), ToolCall("image_rotate_tool", {"angle": 30})]:
+        from_bytes, from_pixels = ray.get([execute_tool_task.remote(call, [view], TOOLS, MODEL)
+                                           for view in (encoded, decoded)])
+        assert from_pixels.error == "" and from_pixels.view.source.hex() == decoded.source.hex()
+        np.testing.assert_array_equal(from_bytes.view.pixels, from_pixels.view.pixels)
 
 
 def test_execute_tool_task_takes_bytes_too(ray_cluster):

@@ -27,7 +27,7 @@ def rotate(arguments: dict[str, Any], view: ImageView, tools_cfg: ToolsConfig,
                         "counter-clockwise)")
     angle = normalize_angle(view.angle + finite_number(arguments["angle"], "'angle'"))
     region = snap_region(view.region_in_frame(angle), frame_size(view.original_size, angle))
-    turned = view.derive(view.load_original(), angle, region, model_cfg)
+    turned = view.derive(angle, region, model_cfg)
     return ToolOutcome(view=turned, error="", box_original=None)
 
 

@@ -5,10 +5,11 @@ model. Boxes the model writes are in the pixels of the view it saw; the view map
 rotated frame (`tools.frame`) and from there to the original, so every crop is cut from the
 full-resolution original, even a crop of a crop.
 
-The original travels with every view as its encoded bytes (`source`), or as a Ray ObjectRef to
-those bytes: a remote tool task then reads it from the object store instead of receiving a copy
-with every call, and a rollout actor keeps bytes, not decoded pixels, per trajectory. It is
-decoded on each tool call under the same pixel-bomb guard as input images.
+The original travels with every view (`source`) as its encoded bytes, decoded again on each tool
+call under the same pixel-bomb guard as input images, or as its decoded pixels; either may sit in
+Ray's object store behind an ObjectRef, so a remote tool task reads it from there instead of
+receiving a copy with every call. Rollout actors decode each original once per group and share
+the pixels (decoding is most of a zoom into a large image: `python -m bench tools`).
 """
 
 from __future__ import annotations
@@ -39,8 +40,8 @@ class ImageView:
 
     pixels: np.ndarray
     """(H, W, 3) uint8, smart-resized: exactly what the model is given."""
-    source: bytes | ray.ObjectRef
-    """The original image, encoded (PNG/JPEG), or an ObjectRef to those bytes."""
+    source: bytes | np.ndarray | ray.ObjectRef
+    """The original image: encoded (PNG/JPEG), decoded ((H, W, 3) uint8), or an ObjectRef to either."""
     original_size: tuple[int, int]
     """(width, height) of the original in pixels."""
     max_decoded_pixels: int
@@ -88,13 +89,17 @@ class ImageView:
 
     def load_original(self) -> Image.Image:
         """The original at full resolution; raises ImageError for bad bytes or a pixel bomb."""
-        data = ray.get(self.source) if isinstance(self.source, ray.ObjectRef) else self.source
-        return decode_image(data, self.max_decoded_pixels)
+        return open_original(self.source, self.max_decoded_pixels)
 
-    def derive(self, original: Image.Image, angle: float, region: tuple[int, int, int, int],
-               model_cfg: ModelConfig) -> ImageView:
-        """A new view of the same original: `region` of the frame at `angle`, smart-resized."""
-        crop = frame_region(original, angle, region)
+    def derive(self, angle: float, region: tuple[int, int, int, int], model_cfg: ModelConfig) -> ImageView:
+        """A new view of the same original: `region` of the frame at `angle`, smart-resized;
+        raises ImageError when the original cannot be decoded."""
+        data = ray.get(self.source) if isinstance(self.source, ray.ObjectRef) else self.source
+        if isinstance(data, np.ndarray) and angle == 0.0:  # copy only the region out of the pixels
+            x1, y1, x2, y2 = region
+            crop = Image.fromarray(data[y1:y2, x1:x2])
+        else:
+            crop = frame_region(open_original(data, self.max_decoded_pixels), angle, region)
         pixels = resize_for_model(crop, model_cfg.min_pixels, model_cfg.max_pixels)
         return ImageView(pixels=pixels, source=self.source, original_size=self.original_size,
                          max_decoded_pixels=self.max_decoded_pixels, angle=angle, region=region)
@@ -112,14 +117,22 @@ def snap_region(box: Box, limit: tuple[int, int]) -> tuple[int, int, int, int]:
             min(limit[0], math.ceil(x2 - eps)), min(limit[1], math.ceil(y2 - eps)))
 
 
-def initial_view(image: bytes | ray.ObjectRef, model_cfg: ModelConfig,
+def open_original(source: bytes | np.ndarray | ray.ObjectRef, max_decoded_pixels: int) -> Image.Image:
+    """An original image from any form a view's `source` takes (decoded pixels were checked by
+    whoever decoded them)."""
+    data = ray.get(source) if isinstance(source, ray.ObjectRef) else source
+    if isinstance(data, np.ndarray):
+        return Image.fromarray(data)
+    return decode_image(data, max_decoded_pixels)
+
+
+def initial_view(image: bytes | np.ndarray | ray.ObjectRef, model_cfg: ModelConfig,
                  max_decoded_pixels: int) -> ImageView:
     """The input image as the model first sees it; raises ImageError for bad bytes or a bomb.
 
-    `image` may be the encoded bytes or an ObjectRef to them; it becomes the view's `source`.
+    `image` (encoded bytes, decoded pixels, or an ObjectRef to either) becomes the view's `source`.
     """
-    data = ray.get(image) if isinstance(image, ray.ObjectRef) else image
-    original = decode_image(data, max_decoded_pixels)
+    original = open_original(image, max_decoded_pixels)
     return ImageView(pixels=resize_for_model(original, model_cfg.min_pixels, model_cfg.max_pixels),
                      source=image, original_size=original.size,
                      max_decoded_pixels=max_decoded_pixels, angle=0.0,

@@ -69,7 +69,7 @@ def zoom_in(arguments: dict[str, Any], view: ImageView, tools_cfg: ToolsConfig,
         raise ToolError(f"the box shows only {box_original[2] - box_original[0]:.0f}x"
                         f"{box_original[3] - box_original[1]:.0f} pixels of the picture: the rest is "
                         "the blank margin the rotation added; choose a box over the picture itself")
-    crop = view.derive(view.load_original(), view.angle, region, model_cfg)
+    crop = view.derive(view.angle, region, model_cfg)
     return ToolOutcome(view=crop, error="", box_original=box_original)
 
 
