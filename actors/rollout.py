@@ -31,7 +31,7 @@ from zoomrl.config import Config
 from zoomrl.images import decode_image
 from zoomrl.metrics import RayMetrics
 from zoomrl.tensors import PackedTensors, unpack
-from zoomrl.types import Group, Sample, Trajectory
+from zoomrl.types import Group, GroupSummary, Sample, Trajectory
 
 # Figures each rollout actor reports per group through ray.util.metrics (tagged with the actor).
 ACTOR_METRICS = ["rollout_tokens_per_s", "accuracy", "reward_mean", "response_tokens",
@@ -51,6 +51,8 @@ class GroupInfo:
     response_tokens: int
     """Tokens the policy sampled, summed over the group."""
     seconds: float
+    summary: GroupSummary
+    """Every trajectory's figures: the driver plans and logs a step from these."""
 
 
 class Occupancy:
@@ -166,7 +168,7 @@ class RolloutWorker:
             num_trajectories=len(group.trajectories), reward_mean=float(np.mean(group.rewards)),
             accuracy=float(np.mean([t.reward_parts.get("acc", 0.0) for t in group.trajectories])),
             response_tokens=sum(t.num_sampled_tokens for t in group.trajectories),
-            seconds=time.perf_counter() - start)
+            seconds=time.perf_counter() - start, summary=group.summary())
         if self._metrics is not None:
             self._metrics.record({
                 "rollout_tokens_per_s": info.response_tokens / info.seconds, "accuracy": info.accuracy,

@@ -1,10 +1,11 @@
 """From scored groups to the tensors one rank feeds its model.
 
-Three steps. On the driver: `check_trajectory` refuses a trajectory whose image tokens disagree
-with its images, and `make_shards` splits one policy update into per-rank `StepShard`s, each a
-list of micro-batches under a token budget. On each rank: `collate` packs one micro-batch into a
-single row (`MicroBatch`), rebuilding pixel values, image grids and Qwen2.5-VL's 3-D rotary
-position ids for every trajectory.
+Three steps. On the driver, from the groups' summaries only: `make_shards` splits one policy
+update into per-rank `StepShard`s, each a list of micro-batches under a token budget, keeping a
+group's trajectories on one rank. On each rank: `resolve` puts the trajectories of the groups it
+fetched in place of their summaries, `check_trajectory` refuses a trajectory whose image tokens
+disagree with its images, and `collate` packs one micro-batch into a single row (`MicroBatch`),
+rebuilding pixel values, image grids and Qwen2.5-VL's 3-D rotary position ids.
 
 Packing, not padding: sequences are concatenated into one row whose text position ids restart
 at 0 at each sequence, and attention runs per sequence (`learner.attention`), so a micro-batch
@@ -14,7 +15,7 @@ Measured against padding (bench/learner_packing.py) in learner/README.md.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 
 import numpy as np
 import torch
@@ -23,7 +24,7 @@ from transformers import BaseImageProcessor, Qwen2_5_VLForConditionalGeneration
 
 from learner.grpo import group_advantages
 from zoomrl.images import num_image_tokens, smart_resize
-from zoomrl.types import Group, Trajectory
+from zoomrl.types import Group, GroupSummary, Trajectory, TrajectorySummary
 
 
 class BatchError(ValueError):
@@ -34,7 +35,8 @@ class BatchError(ValueError):
 class TrainItem:
     """One trajectory as the learner trains on it."""
 
-    trajectory: Trajectory
+    trajectory: Trajectory | TrajectorySummary
+    """Its summary while the driver plans; the trajectory itself once a rank resolved it."""
     advantage: float
     """Its group-normalized advantage, broadcast to every sampled token."""
     name: str
@@ -89,7 +91,8 @@ class MicroBatch:
                              for name, value in values.items()})
 
 
-def score_groups(groups: list[Group], norm_by_std: bool, filter_zero_adv: bool) -> list[list[TrainItem]]:
+def score_groups(groups: list[Group] | list[GroupSummary], norm_by_std: bool,
+                 filter_zero_adv: bool) -> list[list[TrainItem]]:
     """Each group's TrainItems, with its GRPO advantages (`group_advantages`).
 
     With filter_zero_adv, groups whose rewards are all equal are dropped: their advantages are
@@ -143,23 +146,29 @@ def check_trajectory(item: TrainItem, image_token_id: int, min_pixels: int, max_
                          f"images, which need {expected} tokens")
 
 
-def plan_micro_batches(lengths: list[int], num_ranks: int, token_budget: int) -> list[list[list[int]]]:
+def plan_micro_batches(lengths: list[int], num_ranks: int, token_budget: int,
+                       owners: list | None = None) -> list[list[list[int]]]:
     """Assign sequences to ranks and pack each rank's share into micro-batches.
 
-    Ranks get sequences longest first, each to the rank with the fewest tokens so far (balances
-    compute); each rank then packs first-fit-decreasing into bins of at most token_budget tokens
-    (a longer sequence gets a bin of its own). Ranks with fewer bins get empty ones appended:
-    every rank must run the same number of forward/backward passes.
+    Sequences with the same owner (default: each its own) go to one rank. Ranks get owners with
+    the most tokens first, each to the rank with the fewest tokens so far (balances compute);
+    each rank then packs its sequences first-fit-decreasing into bins of at most token_budget
+    tokens (a longer sequence gets a bin of its own). Ranks with fewer bins get empty ones
+    appended: every rank must run the same number of forward/backward passes.
 
     Returns plan[rank][micro_batch] = indices into lengths.
     """
-    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    owners = list(range(len(lengths))) if owners is None else owners
+    totals: dict = {}
+    for owner, length in zip(owners, lengths, strict=True):
+        totals[owner] = totals.get(owner, 0) + length
+    rank_of, load = {}, [0] * num_ranks
+    for owner in sorted(totals, key=lambda o: -totals[o]):
+        rank_of[owner] = min(range(num_ranks), key=lambda r: load[r])
+        load[rank_of[owner]] += totals[owner]
     per_rank: list[list[int]] = [[] for _ in range(num_ranks)]
-    load = [0] * num_ranks
-    for i in order:
-        rank = min(range(num_ranks), key=lambda r: load[r])
-        per_rank[rank].append(i)
-        load[rank] += lengths[i]
+    for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
+        per_rank[rank_of[owners[i]]].append(i)
     plan = []
     for indices in per_rank:
         bins: list[list[int]] = []
@@ -178,19 +187,29 @@ def plan_micro_batches(lengths: list[int], num_ranks: int, token_budget: int) ->
 
 
 def make_shards(items: list[TrainItem], num_ranks: int, token_budget: int) -> list[StepShard]:
-    """Split one optimizer step's items into one StepShard per rank.
+    """Split one optimizer step's items into one StepShard per rank, a group's items on one rank
+    (so each rank fetches only its own groups from the object store).
 
     Empty micro-batches are filled with an inactive copy of the shortest item, so each rank
     runs the same passes; fillers add nothing to the loss, the gradients or the counts.
     """
-    lengths = [len(item.trajectory.input_ids) for item in items]
-    plan = plan_micro_batches(lengths, num_ranks, token_budget)
+    lengths = [item.trajectory.num_tokens for item in items]
+    plan = plan_micro_batches(lengths, num_ranks, token_budget, [item.trajectory.group_id for item in items])
     shortest = items[min(range(len(items)), key=lambda i: lengths[i])]
     filler = TrainItem(shortest.trajectory, 0.0, shortest.name, active=False)
     num_tokens = max(1, sum(item.trajectory.num_sampled_tokens for item in items))
     return [StepShard([[items[i] for i in mb] if mb else [filler] for mb in bins],
                       num_tokens=num_tokens, num_seqs=len(items))
             for bins in plan]
+
+
+def resolve(shard: StepShard, groups: dict[str, Group]) -> StepShard:
+    """The shard with every item's summary replaced by its trajectory, from the fetched groups."""
+    def trajectory(item: TrainItem) -> Trajectory:
+        summary = item.trajectory
+        return groups[summary.group_id].trajectories[summary.index]
+    return replace(shard, micro_batches=[[replace(item, trajectory=trajectory(item)) for item in items]
+                                         for items in shard.micro_batches])
 
 
 def collate(items: list[TrainItem], image_processor: BaseImageProcessor,

@@ -14,14 +14,13 @@ import numpy as np
 import ray
 from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
-from transformers import AutoConfig
 
-from learner.batching import StepShard, check_trajectory, make_shards, score_groups
+from learner.batching import StepShard, make_shards, score_groups
 from learner.checkpoint import TrainerState, latest_checkpoint
 from learner.weights import WeightsRef
 from learner.worker import LearnerWorker
 from zoomrl.config import Config
-from zoomrl.types import Group
+from zoomrl.types import GroupSummary
 
 LearnerActor = ray.remote(LearnerWorker)  # the actor is the plain class, nothing added
 
@@ -54,7 +53,6 @@ class LearnerGroup:
         on_rank = [PlacementGroupSchedulingStrategy(self.placement, placement_group_bundle_index=rank)
                    for rank in range(learner.num_ranks)]
         address, port = ray.get(_rendezvous_address.options(scheduling_strategy=on_rank[0]).remote())
-        self.image_token_id = AutoConfig.from_pretrained(model_path).image_token_id
         self.workers = [
             LearnerActor.options(num_cpus=learner.num_cpus_per_rank, num_gpus=learner.num_gpus_per_rank,
                                  scheduling_strategy=on_rank[rank])
@@ -64,16 +62,14 @@ class LearnerGroup:
         self.num_parameters = ray.get([w.num_parameters.remote() for w in self.workers])[0]
         self.step = 0
 
-    def plan(self, groups: list[Group]) -> tuple[list[list[StepShard]], int]:
-        """Advantages, checks and the split into per-rank shards of one policy update.
+    def plan(self, groups: list[GroupSummary]) -> tuple[list[list[StepShard]], int]:
+        """Advantages and the split into per-rank shards of one policy update, from the groups'
+        summaries (the items hold TrajectorySummary until a rank resolves them).
 
-        Returns (shards[rank][optimizer_step], number of groups filtered out). Raises BatchError
-        naming the first trajectory the learner cannot train on, before any rank starts.
+        Returns (shards[rank][optimizer_step], number of groups filtered out).
         """
-        learner, model = self.cfg.learner, self.cfg.model
+        learner = self.cfg.learner
         scored = score_groups(groups, learner.norm_adv_by_std, learner.filter_zero_adv_groups)
-        for item in (item for group in scored for item in group):
-            check_trajectory(item, self.image_token_id, model.min_pixels, model.max_pixels)
         shards: list[list[StepShard]] = [[] for _ in self.workers]
         if not scored:
             return shards, len(groups)
@@ -83,16 +79,26 @@ class LearnerGroup:
                 shards[rank].append(shard)
         return shards, len(groups) - len(scored)
 
-    def train_step(self, groups: list[Group]) -> dict[str, float]:
-        """One policy update on these groups; returns its metrics (see learner/README.md).
+    def train_step(self, refs: list[ray.ObjectRef], summaries: list[GroupSummary]) -> dict[str, float]:
+        """One policy update on the groups stored at `refs` (summaries in the same order); returns
+        its metrics (see learner/README.md). The driver plans from the summaries; each rank fetches
+        only the groups of its own shards, straight from the object store. A trajectory a rank
+        refuses raises BatchError naming it, before any rank updates.
 
         If every group was filtered out (all-equal rewards), nothing is trained and the policy
         version stays; the metrics then say optimizer_steps 0.
         """
-        shards, filtered = self.plan(groups)
+        shards, filtered = self.plan(summaries)
         if not shards[0]:
             return {"optimizer_steps": 0, "groups_filtered": filtered, "step": self.step}
-        metrics = ray.get([w.train_step.remote(s) for w, s in zip(self.workers, shards, strict=True)])[0]
+        ref_of = {summary.group_id: ref for summary, ref in zip(summaries, refs, strict=True)}
+        calls = []
+        for worker, rank_shards in zip(self.workers, shards, strict=True):
+            needed = sorted({item.trajectory.group_id for shard in rank_shards
+                             for items in shard.micro_batches for item in items})
+            # top-level ObjectRef arguments: Ray fetches them to the rank before the call runs
+            calls.append(worker.train_step_on_groups.remote(rank_shards, *[ref_of[g] for g in needed]))
+        metrics = ray.get(calls)[0]
         self.step = int(metrics["step"])
         return metrics | {"groups_filtered": filtered}
 

@@ -23,9 +23,9 @@ from torch.distributed.checkpoint.state_dict import (
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.tensor import DTensor
 from torch.utils._pytree import tree_map_only
-from transformers import AutoImageProcessor
+from transformers import AutoConfig, AutoImageProcessor
 
-from learner.batching import MicroBatch, StepShard, collate
+from learner.batching import BatchError, MicroBatch, StepShard, check_trajectory, collate, resolve
 from learner.checkpoint import TrainerState, load_checkpoint, save_checkpoint
 from learner.grpo import grpo_loss
 from learner.model import load_policy, parallelize, token_logprobs
@@ -33,6 +33,7 @@ from learner.weights import full_state_dict
 from zoomrl.config import Config
 from zoomrl.metrics import RayMetrics
 from zoomrl.tensors import PackedTensors, pack
+from zoomrl.types import Group
 
 # Loss statistics summed over micro-batches and ranks. Each is normalized by the step's global
 # counts, so the sums are batch means; "tokens" is the exception (tokens through forward and
@@ -73,6 +74,7 @@ class LearnerWorker:
                                            weight_decay=self.learner.weight_decay)
         size = {"shortest_edge": cfg.model.min_pixels, "longest_edge": cfg.model.max_pixels}
         self.image_processor = AutoImageProcessor.from_pretrained(model_path, size=size)
+        self.image_token_id = AutoConfig.from_pretrained(model_path).image_token_id
         self.step = 0
         self.stat_keys = list(LOSS_STATS) + ["entropy"] * self.learner.compute_entropy
         self.stat_keys += ["kl_ref"] * (self.reference is not None)
@@ -108,6 +110,24 @@ class LearnerWorker:
         if self._ray_metrics is not None:
             self._ray_metrics.record({name: float(metrics[name]) for name in RANK0_METRICS})
         return metrics
+
+    def train_step_on_groups(self, shards: list[StepShard], *groups: Group) -> dict[str, float]:
+        """`train_step` on shards planned from group summaries; `groups` are the ones they use
+        (Ray fetched them to this rank). Every rank checks its trajectories and learns of every
+        other rank's refusal before any collective of the update, so all raise or none."""
+        by_id = {group.group_id: group for group in groups}
+        shards = [resolve(shard, by_id) for shard in shards]
+        refusal, model = "", self.cfg.model
+        try:
+            for item in (item for shard in shards for items in shard.micro_batches for item in items):
+                check_trajectory(item, self.image_token_id, model.min_pixels, model.max_pixels)
+        except BatchError as err:
+            refusal = str(err)
+        refusals = [""] * self.world_size
+        dist.all_gather_object(refusals, refusal)
+        if any(refusals):
+            raise BatchError(next(r for r in refusals if r))
+        return self.train_step(shards)
 
     def forward_backward(self, shard: StepShard) -> dict[str, float]:
         """Gradients of one shard's loss, accumulated over its micro-batches (no optimizer step);

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import pickle
 
 import numpy as np
 import pytest
@@ -19,6 +20,7 @@ from learner.batching import (
     collate,
     make_shards,
     plan_micro_batches,
+    resolve,
     score_groups,
 )
 from learner.model import load_policy, token_logprobs
@@ -106,14 +108,31 @@ def test_plan_micro_batches_respects_budget_and_balances_ranks():
 
 def test_make_shards_fillers_and_global_counts(groups):
     items = _items(groups)[:3]
-    shards = make_shards(items, num_ranks=4, token_budget=10_000)  # more ranks than sequences
+    assert len({i.trajectory.group_id for i in items}) == 1
+    shards = make_shards(items, num_ranks=4, token_budget=10_000)  # more ranks than groups
     assert all(len(s.micro_batches) == 1 for s in shards)
     active = [i for s in shards for mb in s.micro_batches for i in mb if i.active]
     assert sorted(i.name for i in active) == sorted(i.name for i in items)
+    assert sum(any(i.active for mb in s.micro_batches for i in mb) for s in shards) == 1  # 1 group: 1 rank
     fillers = [i for s in shards for mb in s.micro_batches for i in mb if not i.active]
-    assert len(fillers) == 1 and fillers[0].advantage == 0
+    assert len(fillers) == 3 and all(f.advantage == 0 for f in fillers)
     assert {s.num_tokens for s in shards} == {sum(i.trajectory.num_sampled_tokens for i in items)}
     assert {s.num_seqs for s in shards} == {3}
+
+
+def test_shards_planned_from_summaries_resolve_to_the_same_update(groups):
+    """The driver plans from Group.summary() alone; a rank resolving the plan with the groups it
+    fetched holds exactly the items a plan from the whole groups would give it."""
+    summaries = [g.summary() for g in groups]
+    assert len(pickle.dumps(summaries)) * 20 < len(pickle.dumps(groups))  # no tokens, no images
+    from_groups = make_shards(_items(groups), num_ranks=2, token_budget=600)
+    from_summaries = make_shards(_items(summaries), num_ranks=2, token_budget=600)
+    by_id = {g.group_id: g for g in groups}
+    for full, planned in zip(from_groups, from_summaries, strict=True):
+        resolved = resolve(planned, by_id)
+        assert (resolved.num_tokens, resolved.num_seqs) == (full.num_tokens, full.num_seqs)
+        assert ([[(i.name, i.advantage, i.active, i.trajectory) for i in mb] for mb in resolved.micro_batches]
+                == [[(i.name, i.advantage, i.active, i.trajectory) for i in mb] for mb in full.micro_batches])
 
 
 def test_collate_packs_and_matches_unpacked_forward(groups, model, tiny_model_path, tiny_cfg):

@@ -10,18 +10,21 @@ from __future__ import annotations
 
 import copy
 
+import numpy as np
 import pytest
 import ray
 import torch
 from learner_helpers import assert_grads_close, assert_same_state, reference_grads, reference_step
 from ray_metrics import samples, scrape_ray_metrics
 from trajectories import make_groups
-from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
+from transformers import AutoConfig, AutoProcessor, Qwen2_5_VLForConditionalGeneration
 
+from learner.batching import resolve
 from learner.checkpoint import export_hf, latest_checkpoint
 from learner.group import LearnerGroup
 from zoomrl.config import load_config
 from zoomrl.tensors import PackedTensors, unpack
+from zoomrl.types import Group
 
 pytestmark = pytest.mark.slow
 
@@ -50,6 +53,11 @@ def groups(tiny_model_path):
     return make_groups(tiny_model_path, num_groups=2, n=4, seed=0)
 
 
+def train(group: LearnerGroup, groups: list[Group]) -> dict:
+    """An update as the driver asks for one: groups in the object store, their summaries in hand."""
+    return group.train_step([ray.put(g) for g in groups], [g.summary() for g in groups])
+
+
 def snapshot(group: LearnerGroup) -> tuple[dict, dict]:
     return ray.get([w.snapshot.remote() for w in group.workers])[0]
 
@@ -68,9 +76,15 @@ def test_two_ranks_equal_plain_single_process(group, groups, cfg, tiny_model_pat
     model, processor = plain_model(tiny_model_path, before), AutoProcessor.from_pretrained(tiny_model_path)
     want_loss, want_grads = reference_grads(model, processor, groups, cfg.learner)
 
-    shards, filtered = group.plan(groups)
+    shards, filtered = group.plan([g.summary() for g in groups])
     assert filtered == 0 and [len(s) for s in shards] == [1, 1]  # one optimizer step per rank
     assert all(len(s[0].micro_batches) >= 2 for s in shards)
+    by_id = {g.group_id: g for g in groups}
+    for rank_shards, g in zip(shards, groups, strict=True):  # a group's trajectories on one rank
+        names = {i.name for mb in rank_shards[0].micro_batches for i in mb if i.active}
+        assert len(names) == len(g.trajectories) and {n.rsplit("/", 1)[0] for n in names} in (
+            {groups[0].group_id}, {groups[1].group_id})
+    shards = [[resolve(s[0], by_id)] for s in shards]
     stats = ray.get([w.forward_backward.remote(s[0]) for w, s in zip(group.workers, shards, strict=True)])
     assert stats[0] == stats[1]  # summed over ranks: every rank reports the same
     assert stats[0]["loss"] == pytest.approx(want_loss, rel=1e-5)
@@ -83,7 +97,7 @@ def test_two_ranks_equal_plain_single_process(group, groups, cfg, tiny_model_pat
     for name, param in model.named_parameters():
         param.grad = grads[0][name].clone()
     want_norm = reference_step(model, cfg.learner)
-    metrics = group.train_step(groups)
+    metrics = train(group, groups)
     assert metrics["step"] == 1 == group.step and metrics["groups_filtered"] == 0
     assert metrics["loss"] == pytest.approx(want_loss, rel=1e-5)
     assert metrics["grad_norm"] == pytest.approx(want_norm, rel=1e-5) and want_norm > 0.1
@@ -94,7 +108,7 @@ def test_two_ranks_equal_plain_single_process(group, groups, cfg, tiny_model_pat
 
 
 def test_metrics_per_update(group, groups):
-    metrics = group.train_step(groups)
+    metrics = train(group, groups)
     for key in ("loss", "clip_fraction", "dual_clip_fraction", "approx_kl", "entropy", "grad_norm",
                 "learner_tokens_per_s", "learner_peak_memory_bytes"):
         assert isinstance(metrics[key], float), key
@@ -111,10 +125,26 @@ def test_all_equal_reward_groups_are_filtered(group, groups):
     for traj in flat.trajectories:
         traj.reward = 0.2
     step = group.step
-    assert group.train_step([flat]) == {"optimizer_steps": 0, "groups_filtered": 1, "step": step}
+    assert train(group, [flat]) == {"optimizer_steps": 0, "groups_filtered": 1, "step": step}
     assert group.step == step
-    metrics = group.train_step([flat, groups[1]])
+    metrics = train(group, [flat, groups[1]])
     assert metrics["groups_filtered"] == 1 and group.step == step + 1
+
+
+def test_a_trajectory_one_rank_refuses_stops_every_rank_before_the_update(group, groups, tiny_model_path):
+    """Each rank checks the trajectories it fetched; a refusal on one reaches all (no rank waits
+    in a collective the other never joins) and names the trajectory; nothing is trained."""
+    broken = copy.deepcopy(groups[1])
+    trajectory = broken.trajectories[2]
+    pad = AutoConfig.from_pretrained(tiny_model_path).image_token_id
+    trajectory.loss_mask[np.flatnonzero(trajectory.input_ids == pad)[0]] = 1
+    step, before = group.step, snapshot(group)
+    refused = rf"trajectory {broken.group_id}/2 .*image pad tokens"
+    with pytest.raises(ray.exceptions.RayTaskError, match=refused):
+        train(group, [groups[0], broken])
+    assert group.step == step
+    assert_same_state(snapshot(group), before)
+    assert train(group, groups)["step"] == step + 1  # the ranks are still in step with each other
 
 
 def test_publish_weights_through_the_object_store(group, tiny_model_path):
@@ -139,13 +169,13 @@ def test_checkpoint_resume_and_export_two_ranks(group, groups, tmp_path):
     path = group.save_checkpoint(tmp_path, step, {"stream": {"epoch": 1, "index": 3}})
     assert len(list((tmp_path / f"step-{step:08d}").glob("*.distcp"))) == 2  # one shard file per rank
     saved = snapshot(group)
-    group.train_step(groups)
+    train(group, groups)
     continued = snapshot(group)
     state = group.load_latest_checkpoint(tmp_path)
     assert state.step == step == group.step and state.extra == {"stream": {"epoch": 1, "index": 3}}
     assert state.world_size == 2
     assert_same_state(snapshot(group), saved)
-    group.train_step(groups)
+    train(group, groups)
     assert_same_state(snapshot(group), continued)
     # the 2-rank sharded checkpoint exports in one process to the same full weights
     model = Qwen2_5_VLForConditionalGeneration.from_pretrained(export_hf(latest_checkpoint(tmp_path),

@@ -40,7 +40,7 @@ from zoomrl.records import trajectory_record
 from zoomrl.rollout_pool import RolloutPool
 from zoomrl.run_setup import prepare_inputs
 from zoomrl.stream import PromptStream, StreamPosition
-from zoomrl.types import Sample
+from zoomrl.types import GroupSummary, Sample
 
 CONTROL_POLL_S = 1.0
 
@@ -70,6 +70,9 @@ class Driver:
         """Groups requested before a resume but never trained on: requested again first."""
         self.outstanding: dict[str, str] = {}
         """group id -> sample id of every group requested and not yet trained on (or dropped)."""
+        self.summaries: dict[str, GroupSummary] = {}
+        """group id -> summary of every finished group not yet trained on (or dropped): the driver
+        plans and logs from these and never fetches a whole group (the learner ranks do)."""
         self.pool = RolloutPool(cfg, inputs.model_path, cfg.rollout.num_workers)
         if self.step > 0:  # the engines start from the model path: give them the resumed weights
             weights = self.learner.publish_weights(self.step)
@@ -99,6 +102,7 @@ class Driver:
         steps get replacements from _request_groups)."""
         for done in self.pool.poll(timeout_s):
             self.rollout_tokens += done.info.response_tokens
+            self.summaries[done.info.group_id] = done.info.summary
             queued = QueuedGroup(done.ref, done.info.policy_version, done.info.group_id)
             ray.get(self.queue.put.remote(queued))
         self._forget_dropped()
@@ -106,6 +110,7 @@ class Driver:
     def _forget_dropped(self) -> None:
         for group_id in ray.get(self.queue.take_dropped_ids.remote()):
             self.outstanding.pop(group_id, None)
+            self.summaries.pop(group_id, None)
             self.dropped_groups += 1
 
     def _follow_control(self) -> None:
@@ -124,10 +129,10 @@ class Driver:
     # ---- one update ----
     def _train(self, batch: list[QueuedGroup]) -> dict:
         start = time.perf_counter()
-        groups = ray.get([item.ref for item in batch])
+        groups = [self.summaries.pop(item.group_id) for item in batch]
         for item in batch:
             self.outstanding.pop(item.group_id, None)
-        learner_figures = self.learner.train_step(groups)
+        learner_figures = self.learner.train_step([item.ref for item in batch], groups)
         version = self.learner.step
         sync_start = time.perf_counter()
         if version != self.sent_version:
@@ -151,7 +156,7 @@ class Driver:
         return figures
 
     def _log(self, figures: dict, learner_figures: dict, queue_stats, batch: list[QueuedGroup],
-             groups: list) -> None:
+             groups: list[GroupSummary]) -> None:
         """The endpoint's metrics, a line of metrics.jsonl, and a few trajectories to read later."""
         dropped_now, self.dropped_logged = queue_stats.dropped - self.dropped_logged, queue_stats.dropped
         self.metrics.record({k: v for k, v in figures.items() if k in METRICS_BY_NAME}
@@ -162,10 +167,15 @@ class Driver:
                             for item in batch]}
         with open(self.run_dir / "metrics.jsonl", "a") as sink:
             sink.write(json.dumps(record) + "\n")
-        shown = [(group, i) for group in groups for i in range(len(group.trajectories))]
+        left = self.cfg.metrics.sample_trajectories
         with open(self.run_dir / "trajectories.jsonl", "a") as sink:
-            for group, index in shown[: self.cfg.metrics.sample_trajectories]:
-                sink.write(json.dumps({"step": self.step, **trajectory_record(group, index)}) + "\n")
+            for item, summary in zip(batch, groups, strict=True):
+                if left <= 0:
+                    break
+                group = ray.get(item.ref)  # only the groups shown are fetched here
+                for index in range(min(left, len(summary.trajectories))):
+                    sink.write(json.dumps({"step": self.step, **trajectory_record(group, index)}) + "\n")
+                left -= len(summary.trajectories)
 
     def _checkpoint(self) -> None:
         """Save the learner with the data position: the stream, and every group requested but not

@@ -6,12 +6,13 @@ import numpy as np
 
 from rewards.score import reward_weights
 from zoomrl.config import RewardConfig
-from zoomrl.types import Group
+from zoomrl.types import Group, GroupSummary
 
 TRUNCATED = {"max_tool_calls", "max_response_tokens", "max_tokens_per_turn", "max_images", "max_model_len"}
 
 
-def step_figures(groups: list[Group], learner_version: int, reward_cfg: RewardConfig) -> dict[str, float]:
+def step_figures(groups: list[Group] | list[GroupSummary], learner_version: int,
+                 reward_cfg: RewardConfig) -> dict[str, float]:
     """Means over every trajectory of the step; names as in zoomrl.metrics.METRICS."""
     trajectories = [(group, traj) for group in groups for traj in group.trajectories]
 
@@ -20,7 +21,7 @@ def step_figures(groups: list[Group], learner_version: int, reward_cfg: RewardCo
         return float(np.mean(values)) if values else 0.0
 
     def weight(group: Group, part: str) -> float:
-        return float(getattr(reward_weights(group.sample.data_source, reward_cfg), part))
+        return float(getattr(reward_weights(group.data_source, reward_cfg), part))
 
     parts = [(g, t.reward_parts) for g, t in trajectories]
     return {

@@ -112,14 +112,15 @@ class Trajectory:
     def num_sampled_tokens(self) -> int:
         return int(self.loss_mask.sum())
 
+    @property
+    def num_tokens(self) -> int:
+        return len(self.input_ids)
 
-@dataclass
-class Group:
-    """One prompt x n trajectories, scored together; the unit of work everywhere."""
 
-    group_id: str
-    sample: Sample
-    trajectories: list[Trajectory]
+class _Scored:
+    """What a Group and its GroupSummary both read from their trajectories."""
+
+    trajectories: list
 
     @property
     def policy_version(self) -> int:
@@ -130,3 +131,49 @@ class Group:
     def rewards(self) -> np.ndarray:
         """(n,) total rewards."""
         return np.array([t.reward for t in self.trajectories], dtype=np.float32)
+
+
+@dataclass
+class Group(_Scored):
+    """One prompt x n trajectories, scored together; the unit of work everywhere."""
+
+    group_id: str
+    sample: Sample
+    trajectories: list[Trajectory]
+
+    @property
+    def data_source(self) -> str:
+        return self.sample.data_source
+
+    def summary(self) -> GroupSummary:
+        """The group without its tokens and images: what the driver reads to plan and log a step."""
+        return GroupSummary(self.group_id, self.sample.data_source, [
+            TrajectorySummary(self.group_id, index, len(t.input_ids), t.num_sampled_tokens,
+                              t.policy_version, t.end_reason, t.tool_calls, t.reward, t.reward_parts)
+            for index, t in enumerate(self.trajectories)])
+
+
+@dataclass
+class TrajectorySummary:
+    """A Trajectory's figures, without its tokens and images (`Group.summary`)."""
+
+    group_id: str
+    index: int
+    """Its position in the group's trajectories."""
+    num_tokens: int
+    num_sampled_tokens: int
+    policy_version: int
+    end_reason: str
+    tool_calls: list[ToolCallRecord]
+    reward: float
+    reward_parts: dict[str, float]
+
+
+@dataclass
+class GroupSummary(_Scored):
+    """A scored group's figures, kilobytes where the Group is megabytes: the driver plans and logs
+    a step from these while the learner ranks fetch the groups themselves."""
+
+    group_id: str
+    data_source: str
+    trajectories: list[TrajectorySummary]

@@ -8,12 +8,15 @@ groups of rollout.n with varied rewards, so `LearnerGroup.train_step` runs exact
 (advantages, checks, split over ranks, packing, FSDP forward/backward, AdamW). Per rank count: one
 warm-up update, then --steps timed updates. Figures come from the learner's own metrics
 (`learner_seconds`, `learner_prepare_seconds`, `learner_state_bytes`, `learner_peak_memory_bytes`)
-and the driver's wall time around `train_step` (the difference is planning plus Ray transfer).
+and the driver's wall time around `train_step` (the difference is planning plus Ray transfer), and
+the bytes per update the driver holds (the groups' summaries) against the groups' own bytes, which
+go from the object store straight to the ranks.
 """
 
 from __future__ import annotations
 
 import argparse
+import pickle
 import time
 
 import numpy as np
@@ -61,14 +64,17 @@ def measure_ranks(cfg: Config, model_path: str, groups: list, ranks: int, steps:
     cfg = OmegaConf.merge(cfg, {"learner": {"num_ranks": ranks}})
     learner = LearnerGroup(cfg, model_path)
     try:
+        import ray
+
+        refs, summaries = [ray.put(g) for g in groups], [g.summary() for g in groups]
         plan_start = time.perf_counter()
-        learner.plan(groups)
+        learner.plan(summaries)
         plan_s = time.perf_counter() - plan_start
-        learner.train_step(groups)  # warm-up: first-call allocations, gloo connections
+        learner.train_step(refs, summaries)  # warm-up: first-call allocations, gloo connections
         records = []
         for _ in range(steps):
             start = time.perf_counter()
-            metrics = learner.train_step(groups)
+            metrics = learner.train_step(refs, summaries)
             records.append(metrics | {"driver_seconds": time.perf_counter() - start})
     finally:
         learner.shutdown()
@@ -98,12 +104,18 @@ def run(args: argparse.Namespace, cfg: Config) -> Result:
     lengths = [len(t.input_ids) for g in groups for t in g.trajectories]
     figures: dict = {"trajectories": len(lengths), "tokens_per_update": sum(lengths),
                      "length_min": min(lengths), "length_max": max(lengths),
-                     "micro_batch_tokens": cfg.learner.micro_batch_tokens, "by_ranks": per_ranks}
+                     "micro_batch_tokens": cfg.learner.micro_batch_tokens, "by_ranks": per_ranks,
+                     # what the driver holds per update: the summaries it plans from; the groups
+                     # themselves go from the object store to the ranks
+                     "driver_bytes_per_update": len(pickle.dumps([g.summary() for g in groups])),
+                     "group_bytes_per_update": len(pickle.dumps(groups))}
     single = next((r for r in per_ranks if r["ranks"] == 1), None)
     parts = [f"{r['ranks']} rank(s): {r['tokens_per_s_per_rank']['median']:.0f} tok/s/rank, "
              f"state {r['state_bytes_per_rank'] / 2**20:.1f} MiB/rank, "
              f"peak RSS {r['peak_memory_bytes_per_rank'] / 2**30:.2f} GiB/rank, "
              f"prepare {100 * r['prepare_share']['median']:.0f}%" for r in per_ranks]
+    parts.append(f"driver holds {figures['driver_bytes_per_update'] / 2**10:.0f} KiB of the "
+                 f"{figures['group_bytes_per_update'] / 2**20:.1f} MiB of groups per update")
     if single is not None:
         for r in per_ranks:
             r["state_vs_ideal"] = r["state_bytes_per_rank"] / (single["state_bytes_per_rank"] / r["ranks"])
