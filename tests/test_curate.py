@@ -107,8 +107,12 @@ def test_progress_file_resumes_and_refuses_other_settings(tmp_path):
         Progress(path, {"k": 4})
 
 
-def test_a_finished_progress_file_reruns_without_an_engine(tmp_path, tiny_model_path):
-    """Everything sampled already: curate writes its outputs from the progress file alone."""
+def test_a_finished_progress_file_reruns_without_an_engine(tmp_path, tiny_model_path, monkeypatch):
+    """Everything sampled already: curate writes its outputs from the progress file alone (it
+    neither samples nor cuts the ground-truth crops again)."""
+    def no_crop(*args):
+        raise AssertionError("a crop was cut for a row whose verdict the progress file holds")
+    monkeypatch.setattr("zoomrl.curate.with_ground_truth_crop", no_crop)
     data = str(write_samples(curation_rows(), tmp_path / "rows.parquet"))
     cfg = load_config(None, ["curate.k=2"])
     out = tmp_path / "kept.parquet"

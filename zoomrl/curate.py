@@ -158,10 +158,11 @@ class Progress:
 
 
 def _sample_stage(session: RolloutSession, progress: Progress, stage: str, samples: list[Sample],
-                  verdict_of: Callable[[Sample, Group], Verdict],
-                  show: Callable[[str], None]) -> list[Verdict]:
-    """Verdicts of `samples` at a sampled stage: from the progress file, else by rolling out."""
-    todo = [s for s in samples if progress.get(stage, s.id) is None]
+                  verdict_of: Callable[[Sample, Group], Verdict], show: Callable[[str], None],
+                  prepare: Callable[[Sample], Sample] = lambda sample: sample) -> list[Verdict]:
+    """Verdicts of `samples` at a sampled stage: from the progress file, else by rolling out
+    `prepare(sample)` (same id), which only runs for the samples still to do."""
+    todo = [prepare(s) for s in samples if progress.get(stage, s.id) is None]
     by_id = {s.id: s for s in samples}
     for done, group in enumerate(session.groups(todo, stage), start=1):
         verdict = verdict_of(by_id[group.sample.id], group)
@@ -195,12 +196,13 @@ def run_curate(cfg: Config, model_path: str, data: str, out: str | Path,
                 lambda sample, group: difficulty_verdict(sample.id, solved(group), k), show)
             full_correct = {v.id: v.correct for v in difficulty}
             passed = [s for s, v in zip(rows, difficulty, strict=True) if v.kept]
-            crops = {s.id: with_ground_truth_crop(s, cfg.curate.crop_context, cfg.data.max_decoded_pixels)
-                     for s in passed if s.gt_boxes}
+            boxed = [s for s in passed if s.gt_boxes]
             perception = _sample_stage(
-                session, progress, "perception", list(crops.values()),
+                session, progress, "perception", boxed,
                 lambda sample, group: perception_verdict(sample.id, solved(group),
-                                                         full_correct[sample.id], k), show)
+                                                         full_correct[sample.id], k), show,
+                prepare=lambda sample: with_ground_truth_crop(sample, cfg.curate.crop_context,
+                                                              cfg.data.max_decoded_pixels))
         tokens_per_s = session.tokens_per_s
     finally:
         progress.close()
@@ -213,7 +215,7 @@ def run_curate(cfg: Config, model_path: str, data: str, out: str | Path,
         "resumed_verdicts": progress.resumed,
         "stages": {"labels": _stage_summary(label_verdicts), "difficulty": _stage_summary(difficulty),
                    "perception": _stage_summary(perception)},
-        "perception_not_applicable": len(passed) - len(crops),
+        "perception_not_applicable": len(passed) - len(boxed),
         "difficulty_histogram": {str(c): n for c, n in
                                  sorted(Counter(v.correct for v in difficulty).items())},
         "tokens_per_s": tokens_per_s,
