@@ -182,10 +182,6 @@ class RolloutPool:
             except ACTOR_FAILURES:
                 pass  # restarting: its failed groups come back through poll(), which reloads it
 
-    def unconsumed(self) -> list[tuple[str, str]]:
-        """(sample id, group id) of every request still in flight (saved in checkpoints)."""
-        return [(r.sample.id, r.group_id) for r in self.in_flight.values()]
-
     def shutdown(self) -> None:
         for actor in [*self.actors, *self.retiring, *self.starting.values()]:
             self._stop(actor)
