@@ -5,10 +5,14 @@
   configured, a judge that cannot be reached raises JudgeError (never a silent 0).
 - format in {0, -1}: `rewards.format` on every assistant turn; an answer of `max_answer_chars`
   or more is also a format error and zeroes acc (anti reward hacking).
-- tool in {0, 1}: the trajectory made at least one SUCCESSFUL tool call (one that fed a new image
-  back), read from its ToolCallRecords, never from `<tool_call>` text (a peer paid the bonus for
-  failed calls). Gating: conditional (only when acc > 0.5, the paper's 1[R_acc > 0]),
-  unconditional, or none (the paper's ablation).
+- tool in {0, 1}: the trajectory made at least one SUCCESSFUL call of a tool in
+  `reward.bonus_tools` (default the zoom-in tool: DeepEyes rewards active perception, a crop),
+  read from its ToolCallRecords, never from `<tool_call>` text (a peer paid the bonus for failed
+  calls). A call that would give back the image the model already had (a rotation by a multiple
+  of 360 degrees, a zoom box covering the whole latest image) is a failed call (`tools.execute`),
+  so `rotate(0)` or a whole-image "zoom" plus a right answer scores acc alone. Gating:
+  conditional (only when acc > 0.5, the paper's 1[R_acc > 0]), unconditional, or none (the
+  paper's ablation).
 - weights per `Sample.data_source`, 'default' for any source not listed.
 Grounding IoU of the zoom boxes is reported, not rewarded.
 """
@@ -41,7 +45,7 @@ class RewardParts:
     total: float
     """The weighted sum: what the learner sees as the reward."""
     tool_used: float
-    """1.0 when at least one tool call succeeded (before gating)."""
+    """1.0 when at least one call of a bonus-earning tool succeeded (before gating)."""
     tool_calls: float
     """Tool calls made, successful or not."""
     tool_errors: float
@@ -111,7 +115,7 @@ def _tool_bonus(gating: str, used: bool, acc: float) -> float:
 
 def _finish(traj: Trajectory, sample: Sample, draft: _Draft, cfg: RewardConfig) -> RewardParts:
     acc = draft.acc if draft.acc is not None else 0.0
-    used = any(call.ok for call in traj.tool_calls)
+    used = any(call.ok and call.name in cfg.bonus_tools for call in traj.tool_calls)
     tool = _tool_bonus(cfg.gating, used, acc)
     weights = reward_weights(sample.data_source, cfg)
     ious = zoom_ious(traj.tool_calls, sample.gt_boxes)

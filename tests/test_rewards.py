@@ -1,6 +1,8 @@
-"""The reward of whole trajectories: format on every turn, weights, tool gating, IoU, groups."""
+"""The reward of whole trajectories: format on every turn, weights, tool gating and which calls
+earn the bonus, IoU, groups."""
 
 import dataclasses
+import json
 
 import numpy as np
 import pytest
@@ -9,7 +11,9 @@ from rewards import score_group, score_trajectory
 from rewards.format import turn_well_formed, well_formed
 from rewards.iou import box_iou, zoom_ious
 from rewards.turns import assistant_turns
-from zoomrl.config import RewardConfig, RewardWeights
+from tools import execute_tool, initial_view, parse_tool_call
+from zoomrl.config import ModelConfig, RewardConfig, RewardWeights, ToolsConfig
+from zoomrl.images import encode_png
 from zoomrl.types import Group, Sample, ToolCallRecord, Trajectory
 
 CHOICES = ["red", "green", "blue", "yellow"]
@@ -132,7 +136,8 @@ def test_max_answer_chars_is_configurable():
     (RIGHT, [], 0.8),  # right without tools
     (response(ZOOMED, WRONG), [ZOOM_OK], 0.0),  # wrong: no tool bonus (conditional)
     (response(ZOOMED, RIGHT), [ZOOM_FAILED], 0.8),  # a failed call earns no bonus
-    (response(ZOOMED, ZOOMED, RIGHT), [ZOOM_FAILED, ROTATE_OK], 2.0),  # any tool that fed an image
+    (response(ZOOMED, ZOOMED, RIGHT), [ZOOM_FAILED, ROTATE_OK], 0.8),  # rotate earns no bonus
+    (response(ZOOMED, ZOOMED, RIGHT), [ROTATE_OK, ZOOM_OK], 2.0),  # a crop does
     ("<think>x<answer>B</answer>", [], 0.8 - 0.2),  # unclosed think
 ])
 def test_visual_search_weights_are_the_released_ones(text, calls, total):
@@ -166,6 +171,49 @@ def test_tool_bonus_gating(gating, right, wrong):
     cfg = RewardConfig(gating=gating)
     assert score(response(ZOOMED, RIGHT), [ZOOM_OK], cfg=cfg).total == pytest.approx(right)
     assert score(response(ZOOMED, WRONG), [ZOOM_OK], cfg=cfg).total == pytest.approx(wrong)
+
+
+def test_the_bonus_earning_tools_come_from_the_config():
+    calls = [ROTATE_OK]
+    assert score(response(ZOOMED, RIGHT), calls).tool_used == 0.0
+    both = RewardConfig(bonus_tools=["image_zoom_in_tool", "image_rotate_tool"])
+    assert score(response(ZOOMED, RIGHT), calls, cfg=both).total == pytest.approx(2.0)
+    nothing = RewardConfig(bonus_tools=[])
+    assert score(response(ZOOMED, RIGHT), [ZOOM_OK], cfg=nothing).total == pytest.approx(0.8)
+
+
+# Through the real tool executor, as the rollout loop records a call (actors/imcot.py): rotate
+# offered as at evaluation, scored with the default reward (bonus: zoom-in, conditional gating).
+PERCEPTION_TOOLS = ToolsConfig(enabled=["image_zoom_in_tool", "image_rotate_tool"])
+
+
+@pytest.fixture(scope="module")
+def seen_view():
+    y, x = np.mgrid[0:392, 0:560]
+    pixels = np.stack([x % 256, y % 256, (x + y) % 256], axis=2).astype(np.uint8)
+    return initial_view(encode_png(pixels), ModelConfig(), max_decoded_pixels=10**7)
+
+
+def executed(view, name: str, arguments: dict) -> ToolCallRecord:
+    """The record the rollout loop keeps of a call the model wrote, run by the real executor."""
+    call = parse_tool_call(f"<tool_call>{json.dumps({'name': name, 'arguments': arguments})}</tool_call>")
+    outcome = execute_tool(call, [view], PERCEPTION_TOOLS, ModelConfig())
+    return ToolCallRecord(call.name, call.arguments, outcome.error, outcome.box_original,
+                          None if outcome.view is None else 1)
+
+
+@pytest.mark.parametrize("name, arguments, right, wrong", [
+    ("image_rotate_tool", {"angle": 0}, 0.8, 0.0),  # was 2.0: the same image back, and rotate
+    ("image_rotate_tool", {"angle": 360}, 0.8, 0.0),
+    ("image_rotate_tool", {"angle": 90}, 0.8, 0.0),  # a real turn, but rotate earns no bonus
+    ("image_zoom_in_tool", {"bbox_2d": [0, 0, 560, 392]}, 0.8, 0.0),  # was 2.0: the whole image
+    ("image_zoom_in_tool", {"bbox_2d": [-50, -50, 900, 900]}, 0.8, 0.0),  # clipped to the whole
+    ("image_zoom_in_tool", {"bbox_2d": [100, 100, 300, 250]}, 0.8 + 1.2, 0.0),  # a real crop
+])
+def test_only_a_real_crop_earns_the_tool_bonus(seen_view, name, arguments, right, wrong):
+    record = executed(seen_view, name, arguments)
+    assert score(response(ZOOMED, RIGHT), [record]).total == pytest.approx(right)
+    assert score(response(ZOOMED, WRONG), [record]).total == pytest.approx(wrong)  # conditional
 
 
 def test_unknown_gating_is_refused():

@@ -6,13 +6,13 @@ import pytest
 from drawn import squares
 
 from rewards import JudgeError, score_group_task
-from tools import ToolCall, execute_tool, execute_tool_task, initial_view, parse_tool_call
+from tools import ToolCall, ToolCallError, execute_tool, execute_tool_task, initial_view, parse_tool_call
 from zoomrl.config import JudgeConfig, ModelConfig, RewardConfig, ToolsConfig
 from zoomrl.images import decode_image, encode_png
 from zoomrl.types import Group, Sample, ToolCallRecord, Trajectory
 
 MODEL = ModelConfig()
-TOOLS = ToolsConfig()
+TOOLS = ToolsConfig(enabled=["image_zoom_in_tool", "image_rotate_tool"])
 RED = (600, 400, 660, 460)  # in original pixels of a 1024x768 image, seen at 504x364
 
 
@@ -77,6 +77,17 @@ def test_execute_tool_task_takes_bytes_too(ray_cluster):
     outcome = ray.get(execute_tool_task.remote(rotate, [view], TOOLS, MODEL))
     assert outcome.error == "" and outcome.view.pixels.shape == (504, 364, 3)  # portrait
     assert outcome.view.source == view.source
+
+
+def test_a_deeply_nested_call_travels_through_ray_as_an_error(ray_cluster):
+    """JSON parses arguments nested ~990 deep, pickle fails from ~490: such a call failed its
+    whole group with a PicklingError. Now it is an error the model reads, and Ray can ship it."""
+    ray = ray_cluster
+    text = ('<tool_call>{"name": "image_zoom_in_tool", "arguments": {"bbox_2d": '
+            + "[" * 600 + "1" + "]" * 600 + "}}</tool_call>")
+    parsed = parse_tool_call(text)
+    assert isinstance(parsed, ToolCallError) and "at most 32" in parsed.message
+    assert ray.get(ray.put(parsed)) == parsed
 
 
 def _group() -> Group:

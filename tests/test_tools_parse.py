@@ -1,8 +1,13 @@
 """parse_tool_call: what models write around a call, and every way it can be unreadable."""
 
+import json
+import pickle
+
 import pytest
 
 from tools import TOOLS, ToolCall, ToolCallError, parse_tool_call, render_tools_prompt
+from tools.parse import MAX_ARGUMENT_DEPTH, MAX_CALL_CHARS
+from zoomrl.config import ConfigError, load_config, preset_names, tool_names
 
 CALL = '{"name": "image_zoom_in_tool", "arguments": {"bbox_2d": [1, 2, 30, 40], "label": "cat"}}'
 EXPECTED = ToolCall("image_zoom_in_tool", {"bbox_2d": [1, 2, 30, 40], "label": "cat"})
@@ -58,6 +63,49 @@ def test_unreadable_calls_are_errors_for_the_model(body, fragment):
     assert fragment in result.message
 
 
+def nested(depth: int, kind: str = "list") -> str:
+    """JSON of a value `depth` levels of lists (or objects) deep around the number 1."""
+    if kind == "list":
+        return "[" * depth + "1" + "]" * depth
+    return '{"a": ' * depth + "1" + "}" * depth
+
+
+@pytest.mark.parametrize("arguments, depth", [
+    ('{"bbox_2d": ' + nested(600) + "}", 601),  # the arguments object is level 1
+    ('{"bbox_2d": ' + nested(400, "object") + "}", 401),
+    (json.dumps('{"bbox_2d": ' + nested(600) + "}"), 601),  # arguments given as a JSON string
+    ('{"bbox_2d": ' + nested(MAX_ARGUMENT_DEPTH) + "}", MAX_ARGUMENT_DEPTH + 1),
+])
+def test_arguments_nested_deeper_than_the_bound_are_an_error(arguments, depth):
+    """JSON reads nesting to ~990 levels, pickle only to ~490: a call in between failed its whole
+    group (PicklingError on its way to a Ray task). Now it is an error naming the bound."""
+    result = parse_tool_call(
+        f'<tool_call>{{"name": "image_zoom_in_tool", "arguments": {arguments}}}</tool_call>')
+    assert isinstance(result, ToolCallError)
+    assert f"nested {depth} levels deep; at most {MAX_ARGUMENT_DEPTH} are allowed" in result.message
+    assert pickle.loads(pickle.dumps(result)) == result
+
+
+def test_arguments_at_the_depth_bound_are_read():
+    inside = nested(MAX_ARGUMENT_DEPTH - 1)  # + the arguments object = the bound
+    result = parse_tool_call('<tool_call>{"name": "image_zoom_in_tool", "arguments": {"bbox_2d": '
+                             f"{inside}}}}}</tool_call>")
+    assert isinstance(result, ToolCall)
+
+
+@pytest.mark.parametrize("arguments", [
+    {"bbox_2d": [1, 2, 30, 40], "label": "x" * 1_000_000},
+    {"bbox_2d": list(range(100_000))},
+    {"bbox_2d": [1, 2, 30, 40], "label": "x" * (MAX_CALL_CHARS - 60)},  # just over, in all
+])
+def test_a_huge_call_is_an_error_naming_the_limit(arguments):
+    call = json.dumps({"name": "image_zoom_in_tool", "arguments": arguments})
+    for text in [call, json.dumps({"name": "image_zoom_in_tool", "arguments": json.dumps(arguments)})]:
+        result = parse_tool_call(f"<tool_call>{text}</tool_call>")
+        assert isinstance(result, ToolCallError)
+        assert f"is {len(text)} characters long; at most {MAX_CALL_CHARS}" in result.message
+
+
 def test_a_closing_tag_without_an_opening_one_is_an_error():
     result = parse_tool_call(f"{CALL}</tool_call>")
     assert isinstance(result, ToolCallError) and "without an opening" in result.message
@@ -95,3 +143,20 @@ def test_tools_prompt_refuses_unknown_names():
 def test_registry_holds_both_tools_by_name():
     assert set(TOOLS) == {"image_zoom_in_tool", "image_rotate_tool"}
     assert all(name == tool.name for name, tool in TOOLS.items())
+
+
+def test_tool_names_in_the_config_are_the_registrys():
+    assert tool_names() == tuple(TOOLS)
+    for key in ["tools.enabled", "reward.bonus_tools"]:
+        assert load_config(None, [f"{key}=[image_rotate_tool]"])
+        with pytest.raises(ConfigError, match=f"{key}: unknown tools \\['image_crop_tool'\\]; "
+                                              "the tools are: image_zoom_in_tool, image_rotate_tool"):
+            load_config(None, [f"{key}=[image_zoom_in_tool,image_crop_tool]"])
+
+
+@pytest.mark.parametrize("preset", preset_names())
+def test_presets_train_with_zoom_in_alone_and_only_zooms_earn_the_bonus(preset):
+    """DeepEyes trains with the crop tool; rotate is its zero-shot tool at inference."""
+    cfg = load_config(preset)
+    assert list(cfg.tools.enabled) == ["image_zoom_in_tool"]
+    assert list(cfg.reward.bonus_tools) == ["image_zoom_in_tool"]

@@ -1,23 +1,34 @@
 """Property: whatever the model writes, parsing and running a tool call never raises.
 
 Every failure must come back as something the model can read (a ToolCallError or a
-ToolOutcome.error); every success as an image of the processor's size rule.
+ToolOutcome.error); every success as a new image of the processor's size rule; and whatever the
+parser returns can be pickled (how a call reaches a Ray task and is stored in its trajectory).
 """
 
+import itertools
 import json
+import pickle
 
 import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tools import ToolCall, ToolCallError, ToolOutcome, execute_tool, initial_view, parse_tool_call
-from zoomrl.config import ModelConfig, ToolsConfig
+from tools import (
+    ImageView,
+    ToolCall,
+    ToolCallError,
+    ToolOutcome,
+    execute_tool,
+    initial_view,
+    parse_tool_call,
+)
+from zoomrl.config import ModelConfig, ToolsConfig, tool_names
 from zoomrl.images import encode_png
 
 MODEL = ModelConfig()
-TOOLS = ToolsConfig()
+TOOL_NAMES = list(tool_names())
+TOOLS = ToolsConfig(enabled=TOOL_NAMES)  # every tool, rotate too (training offers zoom alone)
 SETTINGS = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-TOOL_NAMES = ["image_zoom_in_tool", "image_rotate_tool"]
 
 
 def _small_view():
@@ -60,12 +71,13 @@ calls = st.one_of(
 )
 
 
-def check_outcome(outcome: ToolOutcome) -> None:
+def check_outcome(outcome: ToolOutcome, given: ImageView) -> None:
     assert isinstance(outcome, ToolOutcome)
     if outcome.error:
         assert isinstance(outcome.error, str) and outcome.view is None
         return
     pixels = outcome.view.pixels
+    assert not np.array_equal(pixels, given.pixels)  # a success always shows something new
     assert pixels.dtype == np.uint8 and pixels.shape[2] == 3
     assert pixels.shape[0] % 28 == 0 and pixels.shape[1] % 28 == 0
     assert MODEL.min_pixels <= pixels.shape[0] * pixels.shape[1] <= MODEL.max_pixels
@@ -107,14 +119,14 @@ def test_any_json_call_parses_and_runs_to_an_image_or_an_error(call, prefix, tra
     parsed = parse_tool_call(text)
     assert isinstance(parsed, ToolCall | ToolCallError)
     if isinstance(parsed, ToolCall):
-        check_outcome(execute_tool(parsed, [VIEW], TOOLS, MODEL))
+        check_outcome(execute_tool(parsed, [VIEW], TOOLS, MODEL), VIEW)
 
 
 @SETTINGS
 @given(calls)
 def test_executor_never_raises_on_any_call(call):
     name, args = call
-    check_outcome(execute_tool(ToolCall(name, args), [VIEW], TOOLS, MODEL))
+    check_outcome(execute_tool(ToolCall(name, args), [VIEW], TOOLS, MODEL), VIEW)
 
 
 @SETTINGS
@@ -124,9 +136,30 @@ def test_chains_of_calls_never_raise(calls):
     views = [VIEW]
     for name, args in calls:
         outcome = execute_tool(ToolCall(name, args), views, TOOLS, MODEL)
-        check_outcome(outcome)
+        check_outcome(outcome, views[-1])
         if outcome.view is not None:
             views.append(outcome.view)
+
+
+def _nested_json(depth: int, kinds: list[str], leaf: str) -> str:
+    """`leaf` inside `depth` levels of lists and objects, cycling through `kinds`."""
+    opening = list(itertools.islice(itertools.cycle(kinds), depth))
+    closing = ["]" if kind == "[" else "}" for kind in reversed(opening)]
+    return "".join(opening) + leaf + "".join(closing)
+
+
+@SETTINGS
+@given(st.integers(0, 1100), st.lists(st.sampled_from(["[", '{"k": ']), min_size=1, max_size=4),
+       json_like, st.integers(0, 6000), st.booleans())
+def test_whatever_the_parser_returns_pickles(depth, kinds, leaf, label_chars, as_string):
+    """Nesting from 490 to 990 levels parsed but could not be pickled: the group failed."""
+    arguments = ('{"bbox_2d": ' + _nested_json(depth, kinds, _dumps(leaf))
+                 + ', "label": "' + "x" * label_chars + '"}')
+    if as_string:
+        arguments = json.dumps(arguments)
+    parsed = parse_tool_call(f'<tool_call>{{"name": "image_zoom_in_tool", "arguments": {arguments}}}')
+    assert isinstance(parsed, ToolCall | ToolCallError)
+    assert type(pickle.loads(pickle.dumps(parsed))) is type(parsed)
 
 
 def test_values_python_cannot_print_become_errors():

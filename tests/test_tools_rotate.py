@@ -13,7 +13,7 @@ from zoomrl.config import ModelConfig, ToolsConfig
 from zoomrl.images import resize_for_model, smart_resize
 
 MODEL = ModelConfig()  # 448x448 budget: a 2048x1536 original is seen at 504x364
-TOOLS = ToolsConfig()
+TOOLS = ToolsConfig(enabled=["image_zoom_in_tool", "image_rotate_tool"])  # rotate: eval only
 W, H = 2048, 1536
 RED = (1500, 1000, 1540, 1040)  # 40 px red square, original pixels
 GREEN = (1900, 20, 2040, 160)  # green square in the top-right corner
@@ -63,10 +63,21 @@ def test_negative_angles_turn_clockwise(view):
 
 
 @pytest.mark.parametrize("angle", [0, 360, -720, 1e-20, -1e-20])
-def test_full_turns_give_back_the_image(view, angle):
+def test_full_turns_are_an_error_they_show_nothing_new(view, angle):
+    """A turn that gives back the very image the model has perceived nothing (1e-20 degrees is a
+    tiny angle, but its pixels are the image's own): an error, not a success that earns a bonus."""
     outcome = rotate([view], angle)
-    assert outcome.error == "" and outcome.view.angle < 1e-9  # 1e-20 stays a tiny angle
-    np.testing.assert_array_equal(outcome.view.pixels, view.pixels)
+    assert "gave back the very image you already have" in outcome.error and outcome.view is None
+    turned = rotate([view], 90).view
+    assert "gave back" in rotate([view, turned], 360).error  # of a turned view too
+    assert rotate([view, turned], -90).view.angle == 0.0  # turning back is a new image
+
+
+def test_rotate_is_off_in_the_training_defaults(view):
+    """DeepEyes trains with zoom-in only; rotate is offered zero-shot at evaluation."""
+    assert list(ToolsConfig().enabled) == ["image_zoom_in_tool"]
+    assert "unknown tool 'image_rotate_tool'" in execute_tool(
+        ToolCall("image_rotate_tool", {"angle": 90}), [view], ToolsConfig(), MODEL).error
 
 
 def test_other_angles_expand_the_canvas_so_no_corner_is_cut(view, original):

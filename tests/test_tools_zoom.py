@@ -113,6 +113,19 @@ def test_box_is_clipped_to_the_image_it_refers_to(view):
     assert "outside" in zoom([view], [-90, -90, -10, -10]).error
 
 
+@pytest.mark.parametrize("box", [[0, 0, 504, 364], [-40, -40, 600, 400], [0, 0, 503.9, 364]])
+def test_a_box_covering_the_whole_latest_image_is_an_error_it_shows_nothing_new(view, box):
+    """Such a "zoom" gives back the very image the model has: no perception, so no success (a
+    successful call is what earns the tool bonus)."""
+    outcome = zoom([view], box)
+    assert "gave back the very image you already have" in outcome.error and outcome.view is None
+    crop = zoom([view], seen(view, (200, 100, 800, 500))).view  # the same on a crop
+    assert "gave back" in zoom([view, crop], [0, 0, crop.width, crop.height]).error
+    # a real crop, even a large one, still works
+    assert zoom([view], [0, 0, 500, 364]).error == ""
+    assert zoom([view, crop], [0, 0, crop.width - 28, crop.height]).error == ""
+
+
 def test_too_thin_boxes_are_refused(view):
     thin = ToolsConfig(max_aspect_ratio=3.0)
     assert "too thin" in zoom([view], [0, 0, 200, 20], tools_cfg=thin).error

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numpy as np
+
 from tools.arguments import show
 from tools.parse import ToolCall
 from tools.registry import TOOLS
@@ -21,7 +23,10 @@ def execute_tool(call: ToolCall, views: list[ImageView], tools_cfg: ToolsConfig,
 
     Never raises on anything the model wrote: an unknown or disabled tool, bad arguments, a box
     outside the image, and an original that fails to decode (bad bytes, a pixel bomb) all come
-    back as `ToolOutcome.error`.
+    back as `ToolOutcome.error`. So does a call that would show the model exactly the image it
+    already has (a rotation by a multiple of 360 degrees, a zoom box covering the whole latest
+    image): it perceived nothing, so it is not a successful call and earns no tool bonus
+    (`rewards.score` pays only for successful calls; a reward for the same view was farmed).
     """
     if call.name not in TOOLS or call.name not in tools_cfg.enabled:
         return _failed(f"unknown tool {show(call.name)}; the tools are: {', '.join(tools_cfg.enabled)}")
@@ -30,6 +35,11 @@ def execute_tool(call: ToolCall, views: list[ImageView], tools_cfg: ToolsConfig,
     if not views:
         return _failed("there is no image to use the tool on")
     try:
-        return TOOLS[call.name].run(call.arguments, views[-1], tools_cfg, model_cfg)
+        outcome = TOOLS[call.name].run(call.arguments, views[-1], tools_cfg, model_cfg)
     except (ToolError, ImageError) as err:
         return _failed(str(err))
+    if outcome.view is not None and np.array_equal(outcome.view.pixels, views[-1].pixels):
+        return _failed(f"{call.name} gave back the very image you already have: a rotation by a "
+                       "multiple of 360 degrees, or a box covering the whole latest image, shows "
+                       "nothing new; choose a smaller region or another angle, or answer")
+    return outcome

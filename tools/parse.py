@@ -5,6 +5,12 @@ object, and a missing `</tool_call>` (the engine stops AT that string and may le
 the first call of a turn is read: the rollout loop stops a turn at the first `</tool_call>`
 (peers that did not executed the last of several calls). The text is only ever parsed as JSON,
 never evaluated. `arguments` may also be a JSON string holding the object (OpenAI style).
+
+A call is bounded: at most MAX_CALL_CHARS characters of JSON and arguments nested at most
+MAX_ARGUMENT_DEPTH levels; beyond either it is a ToolCallError naming the limit. Python's JSON
+parser accepts nesting up to about 990 levels but pickle (how a call reaches a Ray task and is
+stored in its trajectory) fails from about 490, so without the bound one such call failed its
+whole group.
 """
 
 from __future__ import annotations
@@ -14,6 +20,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 OPEN_TAG, CLOSE_TAG = "<tool_call>", "</tool_call>"
+MAX_CALL_CHARS = 4096
+"""Longest call object, in characters of JSON: a zoom call is under 100, a label a sentence."""
+MAX_ARGUMENT_DEPTH = 32
+"""Deepest nesting of lists and objects in the arguments (a zoom's box is at depth 2)."""
 _EXAMPLE = '<tool_call>{"name": "image_zoom_in_tool", "arguments": {"bbox_2d": [x1, y1, x2, y2]}}'
 
 
@@ -32,6 +42,21 @@ class ToolCallError:
     message: str
 
 
+def _nesting_depth(value: Any) -> int:
+    """Levels of lists and objects in `value` (a scalar is 0; {"bbox_2d": [1, 2, 3, 4]} is 2).
+
+    Iterative: the value may be nested deeper than Python's recursion limit.
+    """
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        children = node.values() if isinstance(node, dict) else node if isinstance(node, list) else None
+        if children is not None:
+            deepest = max(deepest, depth)
+            stack.extend((child, depth + 1) for child in children)
+    return deepest
+
+
 def _decode_arguments(value: Any) -> dict[str, Any] | ToolCallError:
     if isinstance(value, str):
         try:
@@ -40,6 +65,10 @@ def _decode_arguments(value: Any) -> dict[str, Any] | ToolCallError:
             return ToolCallError("'arguments' is a string that is not a JSON object")
     if not isinstance(value, dict):
         return ToolCallError(f"'arguments' must be a JSON object, e.g. {_EXAMPLE}")
+    depth = _nesting_depth(value)
+    if depth > MAX_ARGUMENT_DEPTH:
+        return ToolCallError(f"the tool call's arguments are nested {depth} levels deep; at most "
+                             f"{MAX_ARGUMENT_DEPTH} are allowed, e.g. {_EXAMPLE}")
     return value
 
 
@@ -48,7 +77,7 @@ def _parse_body(body: str) -> ToolCall | ToolCallError:
     if start < 0:
         return ToolCallError(f"the tool call holds no JSON object; write it as {_EXAMPLE}")
     try:
-        value, _ = json.JSONDecoder().raw_decode(body, start)  # text after the object is ignored
+        value, end = json.JSONDecoder().raw_decode(body, start)  # text after the object is ignored
     except json.JSONDecodeError as err:
         return ToolCallError(f"the tool call is not valid JSON ({err.msg} at character "
                              f"{err.pos - start}); write it as {_EXAMPLE}")
@@ -56,6 +85,9 @@ def _parse_body(body: str) -> ToolCall | ToolCallError:
         return ToolCallError(f"the tool call cannot be read as JSON; write it as {_EXAMPLE}")
     if not isinstance(value, dict):
         return ToolCallError(f"the tool call must be a JSON object; write it as {_EXAMPLE}")
+    if end - start > MAX_CALL_CHARS:
+        return ToolCallError(f"the tool call is {end - start} characters long; at most "
+                             f"{MAX_CALL_CHARS} are allowed, e.g. {_EXAMPLE}")
     name = value.get("name")
     if not isinstance(name, str) or not name.strip():
         return ToolCallError(f"the tool call has no 'name' string; write it as {_EXAMPLE}")

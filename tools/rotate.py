@@ -5,7 +5,11 @@ peer framework documented clockwise but called PIL's counter-clockwise `rotate`)
 re-cut from the full-resolution original at the summed angle, so zooming into it later still
 crops the original. It shows the box around the turned view: for multiples of 90 degrees that is
 exactly the view turned; for other angles the expanded corners show the image around the view
-(black beyond the original's edges) rather than a black fill.
+(black beyond the original's edges) rather than a black fill. A turn by a multiple of 360
+degrees gives back the same image and is an error for the model (`tools.execute`).
+
+DeepEyes trains with the zoom-in tool only and offers rotate zero-shot at inference, so it is
+off in the training defaults (`tools.enabled`) and earns no tool bonus (`reward.bonus_tools`).
 """
 
 from __future__ import annotations

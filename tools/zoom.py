@@ -6,6 +6,8 @@ DeepEyes coordinate bug. Order of checks: four finite numbers; x1 < x2 and y1 < 
 view; then, in ORIGINAL pixels (what the crop will hold), the short side must be at least
 `tools.min_box_side` (default 28, one merged patch: anything smaller carries less than one image
 token of real detail and is only upsampled blur) and long/short at most `tools.max_aspect_ratio`.
+A box covering the whole latest image gives back the same image and is an error for the model
+(`tools.execute`): it perceives nothing, so it must not earn the tool bonus.
 """
 
 from __future__ import annotations
