@@ -16,16 +16,16 @@ import pyarrow.parquet as pq
 import pytest
 
 from actors.prompt import INSTRUCTION, render_prompt, tool_response
-from zoomrl.benchmarks import (
+from zoomrl.cli import main
+from zoomrl.config import load_config
+from zoomrl.data import (
+    DataError,
     benchmark_row_to_sample,
     check_labels,
     file_layout,
-    read_file,
-    shuffle_options,
+    read_samples,
+    write_samples,
 )
-from zoomrl.cli import main
-from zoomrl.config import load_config
-from zoomrl.data import DataError, read_samples, write_samples
 from zoomrl.evaluate import (
     compare_reports,
     figures,
@@ -35,6 +35,7 @@ from zoomrl.evaluate import (
     wilson_interval,
 )
 from zoomrl.images import encode_png
+from zoomrl.options import shuffle_options
 from zoomrl.synth import make_sample
 
 IMAGE = encode_png(np.zeros((64, 80, 3), dtype=np.uint8))
@@ -151,8 +152,8 @@ def test_hr_bench_letter_columns_base64_images_and_text_answers(tmp_path):
     del row["options"]
     row.update(A="red", B="blue", C="green", D="white")
     path = write_rows(tmp_path / "hr_bench_8k.parquet", [row])
-    assert file_layout(path) == "benchmark"
-    [sample] = read_file(path, 10**8)
+    assert file_layout(path).kind == "benchmark"
+    [sample] = read_samples(path)
     assert sample.choices == ["red", "blue", "green", "white"] and sample.answer == "C"
     assert sample.images == [IMAGE]
 
@@ -161,7 +162,8 @@ def test_hr_bench_letter_columns_base64_images_and_text_answers(tmp_path):
     ({"answer": "E"}, r"bench.parquet: row 1, column 'answer': 'E' is neither an option letter \(A-D\)"),
     ({"answer": "purple"}, r"row 1, column 'answer': 'purple'"),
     ({"image": b"not an image"}, r"row 1, column 'image': cannot decode image"),
-    ({"image": "%%%"}, r"row 1, column 'image': a string image must be base64"),
+    ({"image": "%" * 80}, r"row 1, column 'image': a string image must be base64"),
+    ({"image": "12"}, r"row 1, column 'image': '12' names the image of the row with that index"),
     ({"options": ["red"]}, r"row 1, column 'options': expected a list of at least 2"),
     ({"options": ["red", "Red", "blue"]}, r"row 1, column 'options': options repeat"),
     ({"question": ""}, r"row 1, column 'question'"),
@@ -172,7 +174,7 @@ def test_bad_benchmark_rows_name_file_row_and_column(tmp_path, change, message):
         else bench_row()
     path = write_rows(tmp_path / "bench.parquet", [first, bench_row(index=8, **change)])
     with pytest.raises(DataError, match=message):
-        read_file(path, 10**8)
+        read_samples(path)
 
 
 def test_a_file_of_neither_layout_names_both(tmp_path):
@@ -282,14 +284,14 @@ def test_eval_flags_are_checked_before_any_engine_starts(capsys):
 
 FORCING = "actors.forcing:ForcedTurnsLogitsProcessor"
 ZOOM = ('<think>too small, zoom in</think><tool_call>{"name": "image_zoom_in_tool", '
-        '"arguments": {"bbox_2d": [0, 0, 448, 448]}}</tool_call>')
+        '"arguments": {"bbox_2d": [0, 0, 447, 448]}}</tool_call>')  # all of it would be an error
 ANSWER = "<think>now I see it</think><answer>A</answer><|im_end|>"
 
 
 @pytest.fixture(scope="module")
 def eval_run(tmp_path_factory):
     """`zoomrl eval` on the embedded default's test split (6 rows of 512 px here), the tiny model,
-    one engine; every trajectory scripted: a zoom on the whole image, then the answer A."""
+    one engine; every trajectory scripted: a zoom on nearly all the image, then the answer A."""
     out = tmp_path_factory.mktemp("eval") / "report.json"
     script = json.dumps([ZOOM, ANSWER])
     result = subprocess.run(
@@ -309,6 +311,7 @@ def eval_run(tmp_path_factory):
 def test_eval_report_arithmetic_matches_the_saved_records(eval_run):
     result, report, records, out = eval_run
     assert report["prompt_style"] == "deepeyes" and report["shuffle_options"] and report["n"] == 1
+    assert report["tools"] == ["image_zoom_in_tool"]  # as in training; rotate only when asked
     [synth_set] = report["sets"]
     assert len(records) == 6 == report["overall"]["trajectories"]
     assert report["sets"][synth_set]["overall"]["questions"] == 6
@@ -333,7 +336,7 @@ def test_eval_report_arithmetic_matches_the_saved_records(eval_run):
         assert fig["trajectories"] == len(mine)
         assert fig["correct"] == sum(r["answer"] == "A" for r in mine)
     assert sum(f["trajectories"] for f in report["sets"][synth_set]["categories"].values()) == 6
-    # every trajectory zoomed once on the whole 512 px image (seen at 448 px): IoU = gt area / 512^2
+    # every trajectory zoomed once on nearly the whole 512 px image (seen at 448 px: 511 x 512 px)
     overall = report["overall"]
     assert overall["zoom_share"] == 1.0 and overall["tool_calls_per_trajectory"] == 1.0
     ious = []
@@ -369,3 +372,64 @@ def test_read_samples_loads_written_benchmark_rows(tmp_path):
     path = write_samples([sample], tmp_path / "converted.parquet")
     [again] = read_samples(path)
     assert again.choices == sample.choices and again.answer == "B" and again.extra["category"] == "FSP"
+
+
+# --- the layouts people have (issue 14, item 3) ------------------------------------------------
+
+def test_option_lines_are_found_in_each_style_and_only_in_order():
+    from zoomrl.options import option_blocks
+
+    styles = (["(A) red", "(B) blue"], ["A. red", "B. blue"], ["A) red", "B) blue"], ["A: red", "B: blue"])
+    for lines in styles:
+        [block] = option_blocks("Which colour?\n" + "\n".join(lines) + "\nAnswer.")
+        assert block.options == ["red", "blue"] and block.start == len("Which colour?\n")
+    assert option_blocks("Q?\nA. red\n(B) blue") == []  # two styles: no list
+    assert option_blocks("Q?\nB. red\nC. blue") == []  # not from A
+    assert option_blocks("Q?\nA. red") == []  # one option is no choice
+    assert option_blocks("Plan A. then B.\nA.red") == []
+    assert [b.options for b in option_blocks("A. x\nB. y\n\nA. z\nB. w")] == [["x", "y"], ["z", "w"]]
+
+
+def inline_release_rows(n):
+    """Release rows whose options exist only as '(A) ...' lines of the prompt, answer a letter."""
+    text = ("What colour is the bag?\n(A) red\n(B) blue\n(C) green\n(D) white\n"
+            "Answer with the option's letter from the given choices directly.")
+    return [{"data_source": "vstar", "prompt": [{"role": "user", "content": f"<image>\n{text}"}],
+             "images": [{"bytes": IMAGE}], "reward_model": {"ground_truth": "A", "style": "model"},
+             "extra_info": {"question": text, "answer": "A", "index": i}} for i in range(n)]
+
+
+def test_eval_reads_release_rows_with_options_only_in_the_prompt_and_shuffles_them(tmp_path):
+    """Before: load_eval_sets refused the file ('the answer 'A' is an option letter but the row
+    lists no choices')."""
+    path = write_rows(tmp_path / "inline.parquet", inline_release_rows(12))
+    questions = load_eval_sets([path], load_config(None, []))
+    assert len(questions) == 12
+    answers = Counter(sample.answer for _, sample in questions)
+    assert len(answers) > 1  # the answer no longer always sits at A
+    for _, sample in questions:
+        assert sample.choices["ABCD".index(sample.answer)] == "red"
+        listed = "\n".join(f"({'ABCD'[i]}) {c}" for i, c in enumerate(sample.choices))
+        assert listed in sample.messages[0]["content"]  # rewritten in the style it was found in
+        assert sample.messages[0]["content"].endswith("given choices directly.")
+    kept = load_eval_sets([path], load_config(None, ["eval.shuffle_options=false"]))
+    assert {s.answer for _, s in kept} == {"A"}
+
+
+def test_eval_reads_vstar_from_lmms_lab_and_hr_bench_tsv(tmp_path):
+    """Before: the V* parquet (options inline, no options column) and any TSV were refused."""
+    vstar = write_rows(tmp_path / "vstar_bench.parquet", [
+        {"image": {"bytes": IMAGE, "path": "a.jpg"}, "question_id": str(i), "category": "relative_position",
+         "text": "Is the cup on the left or right of the plate?\n(A) left\n(B) right\n"
+                 "Answer with the option's letter from the given choices directly.", "label": "B"}
+        for i in range(4)])
+    tsv = tmp_path / "hr_bench_8k.tsv"
+    tsv.write_text("index\tquestion\tA\tB\tC\tD\tanswer\tcategory\tcycle_category\timage\n" + "".join(
+        f"{i}\tWhat is written on the sign?\tstop\tgo\tyield\tslow\tC\tcross\t{i % 2}\t"
+        f"{base64.b64encode(IMAGE).decode()}\n" for i in range(4)))
+    questions = load_eval_sets([vstar, str(tsv)], load_config(None, []))
+    assert [name for name, _ in questions] == ["vstar_bench"] * 4 + ["hr_bench_8k"] * 4
+    for name, sample in questions:
+        right = "right" if name == "vstar_bench" else "yield"
+        assert sample.choices["ABCD".index(sample.answer)] == right
+    assert {s.extra["category"] for _, s in questions} == {"relative_position", "cross"}

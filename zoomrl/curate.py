@@ -3,9 +3,9 @@
     rows --labels--> readable, consistent rows --difficulty--> rows solved sometimes
          --perception--> rows whose ground-truth crop helps (rows without boxes pass) --> kept
 
-- labels: every row is read (release or V* / HR-Bench layout) and checked
-  (`zoomrl.benchmarks.check_labels`: choices present for a letter answer, answer among them,
-  images decodable, boxes inside the image), then standardized (answer as its option letter,
+- labels: every row is read (release or V* / HR-Bench layout) and checked as every command
+  checks it (`zoomrl.data.check_labels`: options present for a letter answer, answer among them,
+  images decodable, boxes inside the image, ids unique), then standardized (answer as its option letter,
   texts stripped). The paper lists this stage second; it runs first here because a row that
   cannot be read cannot be sampled, and it costs no generation.
 - difficulty: curate.k trajectories per row with the model (the iMCoT loop of the config, at
@@ -34,10 +34,10 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from zoomrl.benchmarks import check_labels, iter_file, standardize
 from zoomrl.config import Config, ConfigError
-from zoomrl.data import DataError, write_samples
+from zoomrl.data import DataError, iter_file, write_samples
 from zoomrl.images import decode_image, encode_png
+from zoomrl.options import standardize
 from zoomrl.rollouts import RolloutSession
 from zoomrl.types import Group, Sample
 
@@ -104,15 +104,10 @@ def with_ground_truth_crop(sample: Sample, context: float, max_decoded_pixels: i
 def read_rows(path: str, max_decoded_pixels: int) -> tuple[list[Sample], list[Verdict]]:
     """The rows that pass the label checks (standardized), and a verdict for every row."""
     stem = Path(path).stem
-    passed, verdicts, seen = [], [], set()
+    passed, verdicts = [], []
     for index, sample in iter_file(path, max_decoded_pixels):
-        try:
-            if isinstance(sample, DataError):
-                raise sample
-            check_labels(sample, path, index, seen)
-        except DataError as err:
-            row_id = sample.id if isinstance(sample, Sample) else f"{stem}:{index}"
-            verdicts.append(Verdict("labels", row_id, False, "label check failed", str(err)))
+        if isinstance(sample, DataError):
+            verdicts.append(Verdict("labels", f"{stem}:{index}", False, "label check failed", str(sample)))
             continue
         passed.append(standardize(sample))
         verdicts.append(Verdict("labels", sample.id, True, "labels consistent", f"row {index}"))

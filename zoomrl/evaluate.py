@@ -1,6 +1,6 @@
 """`zoomrl eval`: measure a policy on evaluation sets with the iMCoT loop, and compare two reports.
 
-Every question of every file (release or V* / HR-Bench layout, `zoomrl.benchmarks`) goes through
+Every question of every file (release or V* / HR-Bench layout, `zoomrl.data`) goes through
 the rollout actors (`RolloutSession`: one engine per rollout.num_workers, in parallel) with
 eval.n trajectories at eval.temperature, scored by the reward package exactly as in training
 (rules, then the judge when reward.judge.base_url is set). Multiple-choice options are shuffled
@@ -30,9 +30,9 @@ from omegaconf import OmegaConf
 
 from rewards.answer import extract_answer
 from rewards.turns import assistant_turns
-from zoomrl.benchmarks import check_labels, iter_file, shuffle_options
 from zoomrl.config import Config
-from zoomrl.data import DataError
+from zoomrl.data import DataError, iter_file
+from zoomrl.options import shuffle_options
 from zoomrl.records import trajectory_record
 from zoomrl.rollouts import RolloutSession
 from zoomrl.types import Group, Sample
@@ -117,6 +117,8 @@ class EvalReport:
     model: str
     files: list[str]
     prompt_style: str
+    tools: list[str]
+    """Tools offered (tools.enabled): training's zoom-in by default, [] for the no-tool baseline."""
     shuffle_options: bool
     shuffle_seed: int
     n: int
@@ -145,7 +147,6 @@ def load_eval_sets(files: list[str], cfg: Config) -> list[tuple[str, Sample]]:
     configured; the first bad row stops with an error naming file, row and column."""
     questions: list[tuple[str, Sample]] = []
     seen_sets: dict[str, str] = {}
-    seen_ids: set[str] = set()
     for path in files:
         name = Path(path).stem
         if name in seen_sets:
@@ -155,7 +156,6 @@ def load_eval_sets(files: list[str], cfg: Config) -> list[tuple[str, Sample]]:
         for index, sample in iter_file(path, cfg.data.max_decoded_pixels):
             if isinstance(sample, DataError):
                 raise sample
-            check_labels(sample, path, index, seen_ids)
             if cfg.eval.shuffle_options:
                 try:
                     sample = shuffle_options(sample, cfg.eval.shuffle_seed)
@@ -209,7 +209,8 @@ def run_eval(cfg: Config, model_path: str, files: list[str], out: str | Path,
                 progress(done, len(questions))
     report = EvalReport(
         model=model_path, files=[str(f) for f in files], prompt_style=cfg.rollout.prompt_style,
-        shuffle_options=cfg.eval.shuffle_options, shuffle_seed=cfg.eval.shuffle_seed, n=cfg.eval.n,
+        tools=list(cfg.tools.enabled), shuffle_options=cfg.eval.shuffle_options,
+        shuffle_seed=cfg.eval.shuffle_seed, n=cfg.eval.n,
         temperature=cfg.eval.temperature, interval=INTERVAL, overall=figures(records),
         sets=set_reports(records), response_tokens=session.response_tokens,
         tokens_per_s=session.tokens_per_s, generate_s=session.generate_s,
