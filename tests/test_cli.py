@@ -7,6 +7,8 @@ import sys
 import pytest
 import yaml
 
+from zoomrl.cli import main
+
 
 def zoomrl(*args, cwd=None):
     return subprocess.run([sys.executable, "-m", "zoomrl.cli", *args], capture_output=True,
@@ -35,6 +37,42 @@ def test_data_synth_writes_both_splits(tmp_path):
 
     assert len(read_samples(tmp_path / "train.parquet")) == 3
     assert len(read_samples(tmp_path / "test.parquet")) == 2
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--size", "64"], "argument --size: must be >= 512 (as data.synth.image_size), got 64"),
+    (["--n", "-1"], "argument --n: must be >= 1 (as data.synth.n_train), got -1"),
+    (["--n-test", "0"], "argument --n-test: must be >= 1 (as data.synth.n_test), got 0"),
+    (["--seed", "-1"], "argument --seed: must be >= 0 and < 4294967296"),
+    (["--n", "many"], "argument --n: not an integer: 'many'"),
+])
+def test_data_synth_refuses_arguments_outside_their_config_domain(tmp_path, capsys, flags, message):
+    with pytest.raises(SystemExit) as exit_:
+        main(["data", "synth", "--out", str(tmp_path / "out"), *flags])
+    assert exit_.value.code == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_data_synth_refuses_a_file_as_its_output_folder(tmp_path, capsys):
+    taken = tmp_path / "taken"
+    taken.write_text("not a folder")
+    for out in (taken, taken / "inside"):
+        with pytest.raises(SystemExit) as exit_:
+            main(["data", "synth", "--out", str(out), "--n", "1", "--n-test", "1", "--size", "512"])
+        assert exit_.value.code == 2
+        assert f"argument --out: {taken} is a file, not a folder" in capsys.readouterr().err
+
+
+def test_bad_config_input_is_a_one_line_error(tmp_path, capsys):
+    bad_yaml = tmp_path / "bad.yaml"
+    bad_yaml.write_text("rollout:\n  n: [1\n")
+    for argv, says in ((["config", "show", "rollout.n=[1"], "not valid YAML"),
+                       (["config", "show", "--config", str(bad_yaml)], f"{bad_yaml}:3:1: not valid YAML"),
+                       (["config", "show", "metrics.port=70000"], "metrics.port=70000: must be"),
+                       (["config", "show", "rollout.temperature=-1"], "temperature=-1.0: must be > 0")):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("zoomrl: error: ") and says in err and err.count("\n") == 1, err
 
 
 def test_scale_refuses_a_dashboard_address_and_a_count_below_one():

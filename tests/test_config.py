@@ -1,6 +1,6 @@
 import pytest
 
-from zoomrl.config import ConfigError, load_config, preset_names, save_config, to_yaml
+from zoomrl.config import ConfigError, field_problem, load_config, preset_names, save_config, to_yaml
 
 
 def test_default_is_tiny_cpu():
@@ -61,10 +61,113 @@ def test_invalid_choice_lists_the_choices():
 
 
 def test_out_of_range_values_are_refused():
-    with pytest.raises(ConfigError, match="rollout.n must be > 0"):
+    with pytest.raises(ConfigError, match="rollout.n=0: must be >= 1"):
         load_config("tiny-cpu", ["rollout.n=0"])
     with pytest.raises(ConfigError, match="min_pixels"):
         load_config("tiny-cpu", ["model.min_pixels=999999999"])
+
+
+@pytest.mark.parametrize("override, message", [
+    ("rollout.temperature=-1", "rollout.temperature=-1.0: must be > 0"),
+    ("rollout.temperature=0", "rollout.temperature=0.0: must be > 0"),
+    ("eval.temperature=-0.5", "eval.temperature=-0.5: must be >= 0"),
+    ("rollout.top_p=2", "rollout.top_p=2.0: must be > 0 and <= 1"),
+    ("rollout.top_p=0", "rollout.top_p=0.0: must be > 0 and <= 1"),
+    ("rollout.engine.gpu_memory_utilization=1.5", "gpu_memory_utilization=1.5: must be > 0 and <= 1"),
+    ("metrics.port=70000", "metrics.port=70000: must be >= 0 and <= 65535"),
+    ("run.checkpoint_every=-1", "run.checkpoint_every=-1: must be >= 0"),
+    ("data.max_decoded_pixels=-1", "data.max_decoded_pixels=-1: must be >= 1"),
+    ("learner.lr=nan", "learner.lr=nan: must be a finite number"),
+    ("learner.lr=0", "learner.lr=0.0: must be > 0"),
+    ("learner.weight_decay=inf", "learner.weight_decay=inf: must be a finite number"),
+    ("reward.weights.default.acc=nan", "reward.weights.default.acc=nan: must be a finite number"),
+    ("learner.dual_clip=0.5", "learner.dual_clip=0.5: must be 0 (off) or > 1"),
+    ("learner.num_ranks=0", "learner.num_ranks=0: must be >= 1"),
+    ("rollout.engine.tensor_parallel_size=0", "tensor_parallel_size=0: must be >= 1"),
+    ("data.synth.image_size=64", "data.synth.image_size=64: must be >= 512"),
+    ("run.seed=-1", "run.seed=-1: must be >= 0 and < 4294967296"),
+])
+def test_every_domain_is_checked_at_load_naming_key_value_and_range(override, message):
+    with pytest.raises(ConfigError) as err:
+        load_config("tiny-cpu", [override])
+    assert message in str(err.value)
+
+
+def test_values_on_the_edge_of_their_domain_load():
+    cfg = load_config("tiny-cpu", ["rollout.top_p=1", "rollout.temperature=0.01", "metrics.port=0",
+                                   "metrics.port=65535", "run.checkpoint_every=0", "learner.dual_clip=0",
+                                   "rollout.engine.gpu_memory_utilization=1", "eval.temperature=0"])
+    assert cfg.metrics.port == 65535 and cfg.learner.dual_clip == 0
+
+
+def test_every_bad_value_is_named_at_once():
+    with pytest.raises(ConfigError) as err:
+        load_config("tiny-cpu", ["rollout.n=0", "learner.lr=-1"])
+    assert "rollout.n=0" in str(err.value) and "learner.lr=-1.0" in str(err.value)
+
+
+def test_domains_live_on_the_fields():
+    """The check load_config runs is the annotation on the field, reusable for a CLI flag."""
+    assert field_problem("rollout.top_p", 2.0) == "must be > 0 and <= 1"
+    assert field_problem("data.synth.n_train", 0) == "must be >= 1"
+    assert field_problem("rollout.seed", None) is None
+    assert field_problem("reward.gating", "sometimes") == "must be one of conditional, unconditional, none"
+    assert field_problem("rollout.top_p", 0.5) is None
+
+
+def test_top_p_below_one_needs_recomputed_ratios():
+    with pytest.raises(ConfigError) as err:
+        load_config("tiny-cpu", ["rollout.top_p=0.9"])
+    message = str(err.value)
+    assert "rollout.top_p=0.9" in message and "learner.ratio_against=recompute" in message
+    assert "nucleus" in message
+    cfg = load_config("tiny-cpu", ["rollout.top_p=0.9", "learner.ratio_against=recompute"])
+    assert cfg.rollout.top_p == 0.9
+
+
+def test_logits_processors_away_from_temperature_one_need_recomputed_ratios():
+    """Away from temperature 1 the engine returns log-probs after the logits processors (a forced
+    token has log-prob 0 there), which the learner's softmax never reproduces."""
+    forcing = "rollout.engine.logits_processors=[actors.forcing:ForcedTurnsLogitsProcessor]"
+    with pytest.raises(ConfigError, match="logits_processors at rollout.temperature=0.7"):
+        load_config("tiny-cpu", [forcing, "rollout.temperature=0.7"])
+    load_config("tiny-cpu", [forcing])  # temperature 1: raw log-probs, as the learner computes them
+    load_config("tiny-cpu", [forcing, "rollout.temperature=0.7", "learner.ratio_against=recompute"])
+
+
+def test_unknown_key_suggests_close_matches():
+    with pytest.raises(ConfigError, match="did you mean rollout.temperature"):
+        load_config("tiny-cpu", ["rollout.temperatur=1"])
+    with pytest.raises(ConfigError, match="did you mean rollout.engine.tensor_parallel_size"):
+        load_config("tiny-cpu", ["rollout.tensor_parallel_size=2"])
+
+
+def test_unknown_key_under_a_dict_valued_field_lists_its_keys():
+    with pytest.raises(ConfigError) as err:
+        load_config("tiny-cpu", ["reward.weights.default.foo=1"])
+    message = str(err.value)
+    assert "reward.weights.default.foo" in message
+    assert "Valid keys here: reward.weights.default.acc, reward.weights.default.format" in message
+    cfg = load_config("tiny-cpu", ["reward.weights.my_source.acc=1"])  # a new data source is fine
+    assert cfg.reward.weights["my_source"].acc == 1.0
+    assert load_config("tiny-cpu", ["rollout.sampling_extra_args.anything=1"])  # free-form
+
+
+def test_malformed_yaml_file_is_one_line_naming_file_and_line(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("rollout:\n  n: 4\n  temperature: [1\nlearner:\n  lr: 1\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(str(path))
+    message = str(err.value)
+    assert message.startswith(f"{path}:4:") and "not valid YAML" in message and "line 3" in message
+    assert "\n" not in message
+
+
+def test_override_whose_value_is_not_yaml_is_one_line():
+    with pytest.raises(ConfigError) as err:
+        load_config("tiny-cpu", ["rollout.n=[1"])
+    message = str(err.value)
+    assert message.startswith("override 'rollout.n=[1': the value is not valid YAML") and "\n" not in message
 
 
 def test_override_without_equals_is_refused():

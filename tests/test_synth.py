@@ -1,10 +1,11 @@
 import io
 
+import pytest
 from PIL import Image
 
 from zoomrl.config import load_config
 from zoomrl.images import smart_resize
-from zoomrl.synth import LETTERS, make_sample
+from zoomrl.synth import LETTERS, make_sample, write_synthetic
 
 
 def test_generator_is_deterministic():
@@ -36,3 +37,16 @@ def test_targets_are_smaller_than_a_patch_at_the_default_budget():
         assert (x2 - x1) * seen_w / width < 14
         crop_h, crop_w = smart_resize(300, 300, cfg.model.min_pixels, cfg.model.max_pixels)
         assert (x2 - x1) * crop_w / 300 >= 28
+
+
+def test_arguments_outside_the_data_synth_domains_are_refused_up_front(tmp_path):
+    """The domains of data.synth.* (below 512 px the objects find no free place)."""
+    with pytest.raises(ValueError, match=r"size=64: must be >= 512 \(as data.synth.image_size\)"):
+        make_sample(0, 64, 0, "train")
+    for args, message in (((-1, 1, 512, 0), "n_train=-1: must be >= 1"),
+                          ((1, 0, 512, 0), "n_test=0: must be >= 1"),
+                          ((1, 1, 300, 0), "size=300: must be >= 512"),
+                          ((1, 1, 512, -1), "seed=-1: must be >= 0")):
+        with pytest.raises(ValueError, match=message):
+            write_synthetic(tmp_path / "out", *args)
+    assert not (tmp_path / "out").exists()

@@ -4,18 +4,28 @@ Defaults live only here, as dataclass field defaults, and follow the DeepEyes re
 where it states a value. Presets (`zoomrl/presets/*.yaml`) change what a machine size needs;
 `tiny-cpu` is the preset used when none is named. Load order: defaults <- preset <- overrides; a YAML
 file may start from a preset with a top-level `preset: NAME` key (the cluster configs in deploy/ do).
-An unknown key, a wrong type or an invalid value raises `ConfigError` naming the key and, for
-unknown keys, the valid ones.
+Each field's domain is declared on the field: a `Literal[...]` of the allowed strings, or an
+`Annotated[type, Range(...)]` of the allowed numbers; every float must be finite. Rules that tie
+two fields together are a short list in `_cross_field_errors`. An unknown key (with close
+matches), a wrong type, an invalid value or malformed YAML raises a one-line `ConfigError` naming
+the key, the value and what is allowed (the file and line for YAML).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import functools
+import math
+import operator
+import types
+import typing
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
+import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
@@ -26,31 +36,62 @@ class ConfigError(ValueError):
     """A config key, type or value is wrong; the message says which and what is allowed."""
 
 
+@dataclass(frozen=True)
+class Range:
+    """The numbers a config field allows, declared on it: `n: Annotated[int, Range(ge=1)]`.
+
+    Bounds are named as in annotated-types: ge (>=), gt (>), le (<=), lt (<). `off` is one more
+    value outside them that switches the feature off (learner.dual_clip: 0).
+    """
+
+    ge: float | None = None
+    gt: float | None = None
+    le: float | None = None
+    lt: float | None = None
+    off: float | None = None
+
+    def allows(self, value: float) -> bool:
+        """Whether `value` lies in the range (or is the `off` value)."""
+        return value == self.off or all(bound is None or holds(value, bound) for holds, bound in (
+            (operator.ge, self.ge), (operator.gt, self.gt), (operator.le, self.le), (operator.lt, self.lt)))
+
+    def __str__(self) -> str:
+        """The range as a message says it: '> 0 and <= 1', '0 (off) or > 1'."""
+        bounds = " and ".join(f"{sign} {bound}" for sign, bound in (
+            (">=", self.ge), (">", self.gt), ("<=", self.le), ("<", self.lt)) if bound is not None)
+        return bounds if self.off is None else f"{self.off} (off) or {bounds}"
+
+
+Count = Annotated[int, Range(ge=1)]  # how many of something: at least one
+Seed = Annotated[int, Range(ge=0, lt=2**32)]  # numpy's seed range (vLLM seeds numpy with run.seed)
+Port = Annotated[int, Range(ge=0, le=65535)]  # a TCP port; 0 = any free port
+
+
 @dataclass
 class TinyModelConfig:
     """Dimensions of the tiny random-weight Qwen2.5-VL built locally when `model.path` is 'tiny'."""
 
-    hidden_size: int = 128
+    hidden_size: Count = 128
     """Text decoder width."""
-    intermediate_size: int = 256
+    intermediate_size: Count = 256
     """Text MLP width."""
-    num_hidden_layers: int = 2
+    num_hidden_layers: Count = 2
     """Text decoder layers."""
-    num_attention_heads: int = 2
+    num_attention_heads: Count = 2
     """Query heads (head_dim = hidden_size / heads = 64, a size vLLM's CPU attention supports)."""
-    num_key_value_heads: int = 1
+    num_key_value_heads: Count = 1
     """KV heads (grouped-query attention)."""
-    vision_depth: int = 2
+    vision_depth: Count = 2
     """Vision transformer blocks."""
-    vision_hidden_size: int = 64
+    vision_hidden_size: Count = 64
     """Vision transformer width."""
-    vision_intermediate_size: int = 128
+    vision_intermediate_size: Count = 128
     """Vision MLP width."""
-    vision_num_heads: int = 2
+    vision_num_heads: Count = 2
     """Vision attention heads."""
-    vocab_size: int = 512
+    vocab_size: Count = 512
     """Target size of the locally trained byte-level BPE vocabulary (special tokens included)."""
-    seed: int = 0
+    seed: Seed = 0
     """Seed of the random weights."""
 
 
@@ -62,11 +103,11 @@ class ModelConfig:
     """A Hugging Face folder or hub id of a Qwen2.5-VL model, or 'tiny' for the locally built one."""
     cache_dir: str = "~/.cache/zoomrl"
     """Where the tiny model and the synthetic data are built and cached."""
-    dtype: str = "float32"
-    """Weights dtype for the rollout engine and published weights: float32 | bfloat16 | float16."""
-    min_pixels: int = 4 * 28 * 28
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    """Weights dtype for the rollout engine and published weights."""
+    min_pixels: Count = 4 * 28 * 28
     """Smallest pixel count an image (or crop) is resized up to (Qwen2.5-VL smart resize)."""
-    max_pixels: int = 256 * 28 * 28
+    max_pixels: Count = 256 * 28 * 28
     """Largest pixel count an image (or crop) is resized down to; sets the image token budget
     (one token per 28x28 merged patch: 200704 px = 448x448 = 256 tokens)."""
     tiny: TinyModelConfig = field(default_factory=TinyModelConfig)
@@ -77,13 +118,14 @@ class ModelConfig:
 class SynthConfig:
     """The synthetic V*-like visual-search set used when no data files are given."""
 
-    n_train: int = 256
+    n_train: Count = 256
     """Training rows."""
-    n_test: int = 64
+    n_test: Count = 64
     """Test rows (the default evaluation set)."""
-    image_size: int = 2048
-    """Side of the square synthetic images, in pixels."""
-    seed: int = 0
+    image_size: Annotated[int, Range(ge=512)] = 2048
+    """Side of the square synthetic images, in pixels. Below 512 the targets and distractors
+    (24-40 px, kept apart by their own size and off the border) often find no free place."""
+    seed: Seed = 0
     """Seed of the generator; the same seed gives the same files."""
 
 
@@ -99,9 +141,9 @@ class DataConfig:
     """The synthetic set built (and cached) when train_files is empty."""
     shuffle: bool = True
     """Shuffle prompts each epoch."""
-    seed: int = 0
+    seed: Seed = 0
     """Seed of the prompt order."""
-    max_decoded_pixels: int = 100_000_000
+    max_decoded_pixels: Count = 100_000_000
     """Images decoding to more pixels than this are refused (decompression-bomb guard)."""
 
 
@@ -109,13 +151,13 @@ class DataConfig:
 class EngineConfig:
     """The vLLM engine inside each rollout actor."""
 
-    tensor_parallel_size: int = 1
+    tensor_parallel_size: Count = 1
     """GPUs per engine (vLLM tensor parallelism)."""
-    gpu_memory_utilization: float = 0.8
+    gpu_memory_utilization: Annotated[float, Range(gt=0, le=1)] = 0.8
     """Fraction of GPU memory vLLM may take (GPU only)."""
-    cpu_kvcache_space_gib: int = 2
+    cpu_kvcache_space_gib: Count = 2
     """KV-cache size on CPU (VLLM_CPU_KVCACHE_SPACE), so several engines fit in RAM."""
-    max_model_len: int = 32768
+    max_model_len: Count = 32768
     """Longest sequence (prompt + all turns) the engine accepts."""
     enable_prefix_caching: bool = True
     """Reuse KV of shared prefixes (the group's common prompt, earlier turns)."""
@@ -129,33 +171,38 @@ class EngineConfig:
     system temp folder; /dev/shm keeps them in RAM)."""
 
 
+PromptStyle = Literal["deepeyes"]
+"""Conversation formats actors/prompt.py renders (one so far: the released DeepEyes format)."""
+
+
 @dataclass
 class RolloutConfig:
     """Rollout actors and the iMCoT multi-turn loop."""
 
-    num_workers: int = 1
+    num_workers: Count = 1
     """Rollout actors (one vLLM engine each); can be changed while a run goes."""
-    num_cpus_per_worker: float = 1.0
+    num_cpus_per_worker: Annotated[float, Range(ge=0)] = 1.0
     """Ray CPUs reserved by each rollout actor."""
-    num_gpus_per_worker: float = 0.0
+    num_gpus_per_worker: Annotated[float, Range(ge=0)] = 0.0
     """Ray GPUs reserved by each rollout actor (= engine.tensor_parallel_size on GPU)."""
-    n: int = 16
+    n: Count = 16
     """Rollouts per prompt (the GRPO group size)."""
-    temperature: float = 1.0
+    temperature: Annotated[float, Range(gt=0)] = 1.0
     """Sampling temperature."""
-    top_p: float = 1.0
-    """Nucleus sampling threshold."""
-    max_tool_calls: int = 6
+    top_p: Annotated[float, Range(gt=0, le=1)] = 1.0
+    """Nucleus sampling threshold; below 1 only with learner.ratio_against=recompute (the
+    behaviour log-probs vLLM returns then differ from the learner's, see learner/README.md)."""
+    max_tool_calls: Annotated[int, Range(ge=0)] = 6
     """Tool calls allowed in one trajectory (paper 6; released 7B script 4)."""
-    max_response_tokens: int = 20480
+    max_response_tokens: Count = 20480
     """Tokens the policy may generate over all turns of one trajectory."""
-    max_tokens_per_turn: int = 10240
+    max_tokens_per_turn: Count = 10240
     """Tokens the policy may generate in one assistant turn."""
-    max_images: int = 32
+    max_images: Count = 32
     """Images (original + crops) allowed in one trajectory."""
-    prompt_style: str = "deepeyes"
+    prompt_style: PromptStyle = "deepeyes"
     """Conversation format; 'deepeyes' matches the released DeepEyes checkpoint."""
-    seed: int | None = None
+    seed: Seed | None = None
     """Sampling seed: each turn of each trajectory gets a seed derived from it, the group id and
     the trajectory index, so a rollout can be replayed exactly; None draws fresh randomness."""
     sampling_extra_args: dict[str, Any] = field(default_factory=dict)
@@ -169,12 +216,21 @@ class RolloutConfig:
 class ToolsConfig:
     """The image tools the policy may call."""
 
-    enabled: list[str] = field(default_factory=lambda: ["image_zoom_in_tool", "image_rotate_tool"])
-    """Tool names offered to the policy in the system prompt."""
-    min_box_side: int = 28
+    enabled: list[str] = field(default_factory=lambda: ["image_zoom_in_tool"])
+    """Tool names offered to the policy in the system prompt (values: `tool_names()`). DeepEyes
+    trains with zoom-in only; its rotate tool is offered zero-shot at inference, e.g.
+    `zoomrl eval ... tools.enabled=[image_zoom_in_tool,image_rotate_tool]`."""
+    min_box_side: Count = 28
     """A zoom box's short side (in original-image pixels) must be at least this (one merged patch)."""
-    max_aspect_ratio: float = 100.0
+    max_aspect_ratio: Annotated[float, Range(ge=1)] = 100.0
     """A zoom box's long/short side ratio must be at most this."""
+
+
+def tool_names() -> tuple[str, ...]:
+    """What tools.enabled and reward.bonus_tools may hold: the names in the tool registry."""
+    from tools.registry import TOOLS  # imported here: the tools import this module
+
+    return tuple(TOOLS)
 
 
 @dataclass
@@ -199,26 +255,32 @@ class JudgeConfig:
     """Model name sent to the endpoint."""
     api_key_env: str = "ZOOMRL_JUDGE_API_KEY"
     """Environment variable holding the API key (the key itself is never in config or logs)."""
-    timeout_s: float = 30.0
+    timeout_s: Annotated[float, Range(gt=0)] = 30.0
     """Seconds one request may wait on the connection (to connect, and for each read); a request
     that times out counts as a failed attempt and is retried."""
-    max_retries: int = 4
+    max_retries: Annotated[int, Range(ge=0)] = 4
     """Retries with exponential backoff before the reward task fails loudly."""
-    backoff_s: float = 1.0
+    backoff_s: Annotated[float, Range(ge=0)] = 1.0
     """Wait before the first retry; each later retry waits twice as long (times a random 0.5-1
     jitter, so many reward tasks do not retry in lockstep)."""
-    max_concurrency: int = 16
+    max_concurrency: Count = 16
     """Requests in flight at once from one process (a reward task's worker)."""
-    cache_size: int = 65536
+    cache_size: Annotated[int, Range(ge=0)] = 65536
     """Verdicts kept per process, keyed by (question, answer, prediction): a group of n rollouts
     often repeats one prediction, which is then asked once."""
+    group_retries: Annotated[int, Range(ge=0)] = 5
+    """Times the driver requests a group again after its reward task failed on the judge (every
+    retry above spent), before it ends the run with a checkpoint: an outage this long is not a
+    blip. Counted in the metric judge_reissued_groups."""
+    group_backoff_s: Annotated[float, Range(ge=0)] = 30.0
+    """Wait before a group is requested again; each later re-request of it waits twice as long."""
 
 
 @dataclass
 class RewardConfig:
     """The DeepEyes reward: R = R_acc + R_format + 1[R_acc > 0] * R_tool (gating selectable)."""
 
-    gating: str = "conditional"
+    gating: Literal["conditional", "unconditional", "none"] = "conditional"
     """Tool bonus gating: conditional (only when correct) | unconditional | none."""
     weights: dict[str, RewardWeights] = field(
         default_factory=lambda: {
@@ -227,8 +289,11 @@ class RewardConfig:
         }
     )
     """Weights per data_source; 'default' applies to every source not listed."""
-    max_answer_chars: int = 1000
+    max_answer_chars: Count = 1000
     """Answers this long or longer get format -1 and accuracy 0 (anti-hacking)."""
+    bonus_tools: list[str] = field(default_factory=lambda: ["image_zoom_in_tool"])
+    """Tools whose successful calls earn the tool bonus (values: `tool_names()`). DeepEyes rewards
+    active perception, a crop; rotate is its zero-shot inference tool and earns none."""
     judge: JudgeConfig = field(default_factory=JudgeConfig)
     """The optional LLM judge."""
 
@@ -237,43 +302,43 @@ class RewardConfig:
 class LearnerConfig:
     """The FSDP2 learner group and the GRPO update."""
 
-    num_ranks: int = 8
+    num_ranks: Count = 8
     """Learner ranks (Ray actors in one torch.distributed group)."""
-    num_cpus_per_rank: float = 1.0
+    num_cpus_per_rank: Annotated[float, Range(ge=0)] = 1.0
     """Ray CPUs per rank."""
-    num_gpus_per_rank: float = 1.0
+    num_gpus_per_rank: Annotated[float, Range(ge=0)] = 1.0
     """Ray GPUs per rank (0 = CPU with gloo)."""
-    prompts_per_step: int = 256
+    prompts_per_step: Count = 256
     """Groups (prompts) per policy update; the batch is prompts_per_step * rollout.n trajectories."""
-    lr: float = 1e-6
+    lr: Annotated[float, Range(gt=0)] = 1e-6
     """AdamW learning rate (constant)."""
-    weight_decay: float = 0.01
+    weight_decay: Annotated[float, Range(ge=0)] = 0.01
     """AdamW weight decay."""
-    grad_clip: float = 1.0
+    grad_clip: Annotated[float, Range(gt=0)] = 1.0
     """Max global gradient norm."""
-    clip_ratio_low: float = 0.2
+    clip_ratio_low: Annotated[float, Range(ge=0, lt=1)] = 0.2
     """PPO clip: ratio >= 1 - clip_ratio_low."""
-    clip_ratio_high: float = 0.2
+    clip_ratio_high: Annotated[float, Range(ge=0)] = 0.2
     """PPO clip: ratio <= 1 + clip_ratio_high."""
-    dual_clip: float = 3.0
+    dual_clip: Annotated[float, Range(gt=1, off=0)] = 3.0
     """Dual-clip bound for negative advantages (0 disables)."""
-    loss_agg: str = "token-mean"
-    """Loss aggregation: token-mean | seq-mean-token-mean."""
-    kl_coef: float = 0.0
+    loss_agg: Literal["token-mean", "seq-mean-token-mean"] = "token-mean"
+    """Loss aggregation: over all tokens, or per trajectory then over trajectories."""
+    kl_coef: Annotated[float, Range(ge=0)] = 0.0
     """KL penalty to a reference model (k3); 0 means no reference model is built."""
     norm_adv_by_std: bool = True
     """Divide group advantages by the group's reward std (GRPO); False keeps mean-centering only."""
     filter_zero_adv_groups: bool = False
     """Drop groups whose rewards are all equal (their advantages are all zero)."""
-    ratio_against: str = "behavior"
+    ratio_against: Literal["behavior", "recompute"] = "behavior"
     """Importance ratio against: behavior (rollout logprobs) | recompute (learner, before update)."""
-    micro_batch_tokens: int = 16384
+    micro_batch_tokens: Count = 16384
     """Token budget of one micro-batch (gradient accumulation to the global batch)."""
     mixed_precision: bool = True
     """bf16 compute with fp32 master weights on GPU; CPU always runs fp32."""
     activation_checkpointing: bool = True
     """Recompute activations in backward to save memory."""
-    updates_per_step: int = 1
+    updates_per_step: Count = 1
     """Optimizer steps per policy version: the batch's groups split into this many mini-batches
     (1 = the reference recipe, one update per rollout batch)."""
     compute_entropy: bool = True
@@ -284,7 +349,7 @@ class LearnerConfig:
 class WeightSyncConfig:
     """How new weights reach the rollout engines."""
 
-    method: str = "object_store"
+    method: Literal["object_store", "nccl"] = "object_store"
     """object_store (one ray.put of the gathered state dict) | nccl (broadcast, GPU clusters)."""
 
 
@@ -292,9 +357,9 @@ class WeightSyncConfig:
 class QueueConfig:
     """The replay queue between rollout actors and the learner."""
 
-    capacity_groups: int = 512
+    capacity_groups: Count = 512
     """Most scored groups held at once; producers wait when full."""
-    max_staleness: int = 1
+    max_staleness: Annotated[int, Range(ge=0)] = 1
     """Groups from policies more than this many versions old are dropped; 0 = synchronous."""
 
 
@@ -306,11 +371,11 @@ class RunConfig:
     """Run name; the run directory is runs_dir/name-<timestamp>."""
     runs_dir: str = "runs"
     """Parent folder of run directories."""
-    total_steps: int = 80
+    total_steps: Annotated[int, Range(ge=0)] = 80
     """Policy updates to run (the paper trains about 80 steps)."""
-    seed: int = 0
+    seed: Seed = 0
     """Global seed."""
-    checkpoint_every: int = 10
+    checkpoint_every: Annotated[int, Range(ge=0)] = 10
     """Save a checkpoint every this many steps (0 = only at the end)."""
 
 
@@ -320,9 +385,10 @@ class MetricsConfig:
 
     host: str = "127.0.0.1"
     """Interface of the driver's Prometheus endpoint."""
-    port: int = 9464
-    """Port of the driver's Prometheus endpoint (0 = any free port)."""
-    sample_trajectories: int = 4
+    port: Port = 0
+    """Port of the driver's Prometheus endpoint; 0 = a free port, printed at start (so runs that
+    share a machine never collide). A port given here that is taken ends the start with an error."""
+    sample_trajectories: Annotated[int, Range(ge=0)] = 4
     """Trajectories written to the run directory per step, for viewing."""
 
 
@@ -330,15 +396,15 @@ class MetricsConfig:
 class EvalConfig:
     """`zoomrl eval`: how evaluation questions are asked and answered."""
 
-    n: int = 1
+    n: Count = 1
     """Trajectories per question (replaces rollout.n). Accuracy is over all trajectories; its
     Wilson interval treats them as independent draws, which is exact only for n = 1."""
-    temperature: float = 0.0
+    temperature: Annotated[float, Range(ge=0)] = 0.0
     """Sampling temperature at evaluation (replaces rollout.temperature); 0 = greedy."""
     shuffle_options: bool = True
     """Put each multiple-choice question's options in a fixed random order (the reference release
     once put every answer at A); False keeps them as given."""
-    shuffle_seed: int = 0
+    shuffle_seed: Seed = 0
     """Seed of the option orders: a question's order depends only on this seed and its id."""
 
 
@@ -346,10 +412,10 @@ class EvalConfig:
 class CurateConfig:
     """`zoomrl curate`: the three-stage filter of training data (DeepEyes' data curation)."""
 
-    k: int = 8
+    k: Count = 8
     """Answers sampled per item (at rollout.temperature; replaces rollout.n) to measure how often
     the model solves it, with the full image and with the ground-truth crop."""
-    crop_context: float = 0.5
+    crop_context: Annotated[float, Range(ge=0)] = 0.5
     """The ground-truth crop is the union of an item's boxes widened on each side by this
     fraction of its width and height, clipped to the image."""
 
@@ -372,20 +438,6 @@ class Config:
     curate: CurateConfig = field(default_factory=CurateConfig)
 
 
-PROMPT_STYLES = ("deepeyes",)
-"""Conversation formats actors/prompt.py renders (one so far: the released DeepEyes format)."""
-
-# Values a string field may take; checked at load so a typo never reaches a run.
-_CHOICES: dict[str, tuple[str, ...]] = {
-    "model.dtype": ("float32", "bfloat16", "float16"),
-    "rollout.prompt_style": PROMPT_STYLES,
-    "reward.gating": ("conditional", "unconditional", "none"),
-    "learner.loss_agg": ("token-mean", "seq-mean-token-mean"),
-    "learner.ratio_against": ("behavior", "recompute"),
-    "weight_sync.method": ("object_store", "nccl"),
-}
-
-
 def preset_names() -> list[str]:
     """Names of the presets shipped with the package."""
     return sorted(p.name.removesuffix(".yaml") for p in resources.files("zoomrl.presets").iterdir()
@@ -402,7 +454,12 @@ def _read_yaml(preset_or_path: str) -> DictConfig:
             f"config '{preset_or_path}' is neither a preset ({', '.join(preset_names())}) "
             "nor a YAML file"
         )
-    loaded = OmegaConf.load(path)
+    try:
+        loaded = OmegaConf.load(path)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f":{mark.line + 1}:{mark.column + 1}" if mark is not None else ""
+        raise ConfigError(f"{path}{where}: not valid YAML ({_yaml_problem(err)})") from None
     if not isinstance(loaded, DictConfig):
         raise ConfigError(f"{path}: a config file must hold a mapping at the top level")
     if "preset" in loaded:  # a file that starts from a preset and changes a few keys (deploy/configs)
@@ -413,15 +470,63 @@ def _read_yaml(preset_or_path: str) -> DictConfig:
     return loaded
 
 
-def _valid_keys(node: Any, prefix: str) -> list[str]:
-    """Dotted names of the fields of the dataclass section at `prefix` (for error messages)."""
-    cls = Config
-    for part in [p for p in prefix.split(".") if p]:
-        fields = {f.name: f for f in dataclasses.fields(cls)}
-        if part not in fields or not dataclasses.is_dataclass(fields[part].default_factory()):
-            return []
-        cls = type(fields[part].default_factory())
-    return [f"{prefix + '.' if prefix else ''}{f.name}" for f in dataclasses.fields(cls)]
+def _yaml_problem(err: yaml.YAMLError) -> str:
+    """What PyYAML found wrong, on one line: "did not find expected ',' or ']', while parsing a
+    flow sequence from line 3"."""
+    problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+    context, mark = getattr(err, "context", None), getattr(err, "context_mark", None)
+    return f"{problem}, {context} from line {mark.line + 1}" if context and mark else problem
+
+
+@functools.cache
+def _field_hints(section: type) -> dict[str, Any]:
+    """Field name -> annotation of a config dataclass, with the domain (Literal, Range) kept."""
+    return typing.get_type_hints(section, include_extras=True)
+
+
+def _hint_at(dotted: str) -> Any:
+    """The annotation at a dotted key ('' = Config), stepping over the keys of dict-valued fields
+    (reward.weights.<data_source>); None where the dataclasses declare no such key."""
+    hint: Any = Config
+    for part in [p for p in dotted.split(".") if p]:
+        if typing.get_origin(hint) is dict:
+            hint = typing.get_args(hint)[1]  # `part` is one of the dict's own keys
+        elif dataclasses.is_dataclass(hint) and part in _field_hints(hint):
+            hint = _field_hints(hint)[part]
+        else:
+            return None
+    return hint
+
+
+def _keys_under(prefix: str, deep: bool = False) -> list[str]:
+    """Dotted keys of the section at `prefix` (all nested ones too when `deep`)."""
+    section = _hint_at(prefix)
+    if not dataclasses.is_dataclass(section):
+        return []
+    keys = [f"{prefix}.{name}" if prefix else name for name in _field_hints(section)]
+    return keys + [k for key in keys for k in _keys_under(key, deep)] if deep else keys
+
+
+def _domain_problem(hint: Any, value: Any) -> str | None:
+    """What is wrong with `value` for a field annotated `hint` ('must be > 0'), or None."""
+    if value is None:  # OmegaConf already refused None where the field is not Optional
+        return None
+    if isinstance(value, float) and not math.isfinite(value):
+        return "must be a finite number"
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        hint = next(arg for arg in typing.get_args(hint) if arg is not type(None))
+    if typing.get_origin(hint) is Literal and value not in typing.get_args(hint):
+        return f"must be one of {', '.join(map(str, typing.get_args(hint)))}"
+    for bound in getattr(hint, "__metadata__", ()):
+        if isinstance(bound, Range) and not bound.allows(value):
+            return f"must be {bound}"
+    return None
+
+
+def field_problem(key: str, value: Any) -> str | None:
+    """What is wrong with `value` for the config field at the dotted `key` ('must be >= 1'), or
+    None: the check `load_config` runs, for arguments that stand for a config field."""
+    return _domain_problem(_hint_at(key), value)
 
 
 def _explain(err: OmegaConfBaseException, source: str) -> ConfigError:
@@ -429,50 +534,86 @@ def _explain(err: OmegaConfBaseException, source: str) -> ConfigError:
     msg = getattr(err, "msg", str(err)).splitlines()[0]
     if "not in struct" in msg or "Key '" in msg and "not in" in msg:
         parent = key.rsplit(".", 1)[0] if "." in key else ""
-        valid = _valid_keys(None, parent)
-        return ConfigError(
-            f"{source}: unknown config key '{key}'. Valid keys here: {', '.join(valid)}"
-        )
+        known = dict.fromkeys(_keys_under("", deep=True) + _keys_under(parent))  # ordered, no repeats
+        close = difflib.get_close_matches(key, known, n=3)
+        suggestion = f"; did you mean {' or '.join(close)}?" if close else ""
+        valid = _keys_under(parent)
+        here = f" Valid keys here: {', '.join(valid)}" if valid else ""
+        return ConfigError(f"{source}: unknown config key '{key}'{suggestion}{here}")
+    hint = _hint_at(key)
+    if typing.get_origin(hint) is Literal:
+        return ConfigError(f"{source}: {key}={err.value!r}: {_domain_problem(hint, err.value)}")
     return ConfigError(f"{source}: bad value for '{key}': {msg}")
 
 
+def _domain_errors(node: Any, section: type, prefix: str = "") -> list[str]:
+    """Every field of `node` (and of its sections) checked against the domain on its annotation."""
+    errors = []
+    for name, hint in _field_hints(section).items():
+        key, value = f"{prefix}{name}", node[name]
+        if dataclasses.is_dataclass(hint):
+            errors += _domain_errors(value, hint, f"{key}.")
+        elif typing.get_origin(hint) is dict and dataclasses.is_dataclass(typing.get_args(hint)[1]):
+            for entry, item in value.items():
+                errors += _domain_errors(item, typing.get_args(hint)[1], f"{key}.{entry}.")
+        elif problem := _domain_problem(hint, value):
+            errors.append(f"{key}={value!r}: {problem}")
+    return errors
+
+
+def _cross_field_errors(cfg: Config) -> list[str]:
+    """The rules that tie fields together (each field's own domain is on its annotation)."""
+    rollout, learner = cfg.rollout, cfg.learner
+    in_flight = learner.prompts_per_step * (cfg.queue.max_staleness + 1)
+    off_policy = ("so the behaviour log-probs vLLM returns are not those of the learner's full-vocabulary "
+                  "softmax and the importance ratio is off (learner/README.md); use learner.ratio_against="
+                  "recompute")
+    rules = [
+        (cfg.queue.capacity_groups >= in_flight,
+         f"queue.capacity_groups={cfg.queue.capacity_groups} cannot hold the groups the staleness bound "
+         f"lets the driver request ({in_flight} = learner.prompts_per_step * (queue.max_staleness + 1))"),
+        (cfg.model.min_pixels <= cfg.model.max_pixels,
+         f"model.min_pixels={cfg.model.min_pixels} must not exceed model.max_pixels={cfg.model.max_pixels}"),
+        (rollout.max_tokens_per_turn <= rollout.max_response_tokens,
+         f"rollout.max_tokens_per_turn={rollout.max_tokens_per_turn} must not exceed "
+         f"rollout.max_response_tokens={rollout.max_response_tokens}"),
+        ("default" in cfg.reward.weights, "reward.weights must have a 'default' entry"),
+        (rollout.top_p == 1 or learner.ratio_against == "recompute",
+         f"rollout.top_p={rollout.top_p} needs learner.ratio_against=recompute: top-p samples from the "
+         f"nucleus only, {off_policy}, or rollout.top_p=1"),
+        (not rollout.engine.logits_processors or rollout.temperature == 1
+         or learner.ratio_against == "recompute",
+         f"rollout.engine.logits_processors at rollout.temperature={rollout.temperature} needs "
+         f"learner.ratio_against=recompute: away from temperature 1 the engine returns log-probs after "
+         f"the processors, {off_policy}, or rollout.temperature=1"),
+    ]
+    return [message for holds, message in rules if not holds]
+
+
 def _check_values(cfg: Config) -> None:
-    for dotted, allowed in _CHOICES.items():
-        value = OmegaConf.select(cfg, dotted)
-        if value not in allowed:
-            raise ConfigError(f"{dotted}={value!r} is not one of {', '.join(allowed)}")
-    positive = ["rollout.n", "rollout.num_workers", "learner.num_ranks", "learner.prompts_per_step",
-                "rollout.max_tokens_per_turn", "rollout.max_response_tokens", "model.max_pixels",
-                "queue.capacity_groups", "learner.micro_batch_tokens", "eval.n", "curate.k"]
-    for dotted in positive:
-        if OmegaConf.select(cfg, dotted) <= 0:
-            raise ConfigError(f"{dotted} must be > 0, got {OmegaConf.select(cfg, dotted)}")
-    for dotted in ["queue.max_staleness", "rollout.max_tool_calls", "run.total_steps",
-                   "eval.temperature", "curate.crop_context"]:
-        if OmegaConf.select(cfg, dotted) < 0:
-            raise ConfigError(f"{dotted} must be >= 0, got {OmegaConf.select(cfg, dotted)}")
-    learner = cfg.learner
-    if learner.updates_per_step <= 0 or learner.lr <= 0 or learner.grad_clip <= 0 or learner.kl_coef < 0:
-        raise ConfigError("learner.updates_per_step, learner.lr and learner.grad_clip must be > 0, "
-                          "learner.kl_coef >= 0")
-    if not (0 <= learner.clip_ratio_low < 1 and learner.clip_ratio_high >= 0):
-        raise ConfigError("learner.clip_ratio_low must be in [0, 1) and learner.clip_ratio_high >= 0")
-    if learner.dual_clip != 0 and learner.dual_clip <= 1:
-        raise ConfigError(f"learner.dual_clip must be 0 (off) or > 1, got {learner.dual_clip}")
-    in_flight = cfg.learner.prompts_per_step * (cfg.queue.max_staleness + 1)
-    if cfg.queue.capacity_groups < in_flight:
-        raise ConfigError(f"queue.capacity_groups={cfg.queue.capacity_groups} cannot hold the groups the "
-                          f"staleness bound lets the driver request ({in_flight} = "
-                          "learner.prompts_per_step * (queue.max_staleness + 1))")
-    if cfg.model.min_pixels > cfg.model.max_pixels:
-        raise ConfigError("model.min_pixels must not exceed model.max_pixels")
-    if cfg.rollout.max_tokens_per_turn > cfg.rollout.max_response_tokens:
-        raise ConfigError("rollout.max_tokens_per_turn must not exceed rollout.max_response_tokens")
-    if "default" not in cfg.reward.weights:
-        raise ConfigError("reward.weights must have a 'default' entry")
-    unknown_tools = set(cfg.tools.enabled) - {"image_zoom_in_tool", "image_rotate_tool"}
-    if unknown_tools:
-        raise ConfigError(f"tools.enabled: unknown tools {sorted(unknown_tools)}")
+    """Refuse the loaded config if a field is outside its domain or a rule between fields fails,
+    naming every such key at once."""
+    errors = _domain_errors(cfg, Config) or _cross_field_errors(cfg)
+    if errors:
+        raise ConfigError("; ".join(errors))
+    for dotted in ("tools.enabled", "reward.bonus_tools"):
+        unknown = [name for name in OmegaConf.select(cfg, dotted) if name not in tool_names()]
+        if unknown:
+            raise ConfigError(f"{dotted}: unknown tools {unknown}; the tools are: "
+                              f"{', '.join(tool_names())}")
+
+
+SINGLE_PATH_KEYS = ("data.train_files", "data.test_files")
+"""List fields that also take one path as a plain string (`data.train_files=foo.parquet`)."""
+
+
+def _paths_as_lists(node: DictConfig) -> DictConfig:
+    """`node` with a plain string at a SINGLE_PATH_KEYS key made a one-item list."""
+    for dotted in SINGLE_PATH_KEYS:
+        value = OmegaConf.select(node, dotted)
+        if isinstance(value, str):
+            OmegaConf.update(node, dotted, [value] if value else [], merge=False)
+    return node
 
 
 def load_config(preset_or_path: str | None = None, overrides: list[str] | None = None) -> Config:
@@ -483,17 +624,23 @@ def load_config(preset_or_path: str | None = None, overrides: list[str] | None =
     source = preset_or_path or DEFAULT_PRESET
     cfg = OmegaConf.structured(Config)
     try:
-        cfg = OmegaConf.merge(cfg, _read_yaml(source))
+        cfg = OmegaConf.merge(cfg, _paths_as_lists(_read_yaml(source)))
     except OmegaConfBaseException as err:
         raise _explain(err, source) from None
     for item in overrides or []:
         if "=" not in item:
             raise ConfigError(f"override '{item}' must look like key=value (e.g. rollout.n=8)")
         try:
-            cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist([item]))
+            cfg = OmegaConf.merge(cfg, _paths_as_lists(OmegaConf.from_dotlist([item])))
         except OmegaConfBaseException as err:
             raise _explain(err, f"override '{item}'") from None
-    _check_values(cfg)
+        except yaml.YAMLError as err:
+            raise ConfigError(f"override '{item}': the value is not valid YAML "
+                              f"({_yaml_problem(err)})") from None
+    try:
+        _check_values(cfg)
+    except OmegaConfBaseException as err:  # e.g. an interpolation ${...} naming no key
+        raise _explain(err, "config") from None
     return cfg  # type: ignore[return-value]
 
 

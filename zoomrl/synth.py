@@ -1,8 +1,9 @@
 """A synthetic V*-like visual-search set: large cluttered images with a few small targets.
 
-Each image (default 2048x2048) has a smooth background, large soft blobs, and dozens of small
-shapes (24-40 px). A question asks about one or two targets: the colour of the only shape of a
-kind, the shape of the only object of a colour, or where one target sits relative to another.
+Each image (default 2048x2048, at least 512x512: `data.synth.image_size`) has a smooth
+background, large soft blobs, and dozens of small shapes (24-40 px). A question asks about one
+or two targets: the colour of the only shape of a kind, the shape of the only object of a
+colour, or where one target sits relative to another.
 Answers are multiple choice A-D, ground-truth boxes are kept in `extra_info`.
 
 Why it needs zooming at the tiny-cpu pixel budget: the model sees the 2048 px image resized to
@@ -20,6 +21,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
+from zoomrl.config import field_problem
 from zoomrl.data import multiple_choice_prompt, write_samples
 from zoomrl.images import encode_png
 from zoomrl.types import Sample
@@ -104,8 +106,16 @@ def _options(rng: random.Random, correct: str, pool: tuple[str, ...] | list[str]
     return choices, LETTERS[choices.index(correct)]
 
 
+def _check(argument: str, value: int, field: str) -> None:
+    """Refuse an argument outside the domain of the config field data.synth.<field> it stands for."""
+    problem = field_problem(f"data.synth.{field}", value)
+    if problem:
+        raise ValueError(f"{argument}={value!r}: {problem} (as data.synth.{field})")
+
+
 def make_sample(index: int, size: int, seed: int, split: str) -> Sample:
     """One synthetic visual-search row; a pure function of (index, size, seed, split)."""
+    _check("size", size, "image_size")
     rng = random.Random(f"{seed}:{split}:{index}")
     image = _background(rng, size)
     draw = ImageDraw.Draw(image)
@@ -164,6 +174,9 @@ def make_sample(index: int, size: int, seed: int, split: str) -> Sample:
 def write_synthetic(out_dir: str | Path, n_train: int, n_test: int, size: int,
                     seed: int) -> dict[str, Path]:
     """Write train.parquet and test.parquet in the DeepEyes release format; returns their paths."""
+    for argument, value, field in (("n_train", n_train, "n_train"), ("n_test", n_test, "n_test"),
+                                   ("size", size, "image_size"), ("seed", seed, "seed")):
+        _check(argument, value, field)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {}
