@@ -7,6 +7,9 @@ fetched in place of their summaries, `check_trajectory` refuses a trajectory who
 disagree with its images, and `collate` packs one micro-batch into a single row (`MicroBatch`),
 rebuilding pixel values, image grids and Qwen2.5-VL's 3-D rotary position ids.
 
+Every micro-batch runs the vision tower: one without an image gets a placeholder (see
+`placeholder_image`), so that every rank runs the same FSDP collectives.
+
 Packing, not padding: sequences are concatenated into one row whose text position ids restart
 at 0 at each sequence, and attention runs per sequence (`learner.attention`), so a micro-batch
 holds no pad tokens at all, the token budget is exact, and no token attends across sequences.
@@ -20,7 +23,7 @@ from dataclasses import dataclass, fields, replace
 import numpy as np
 import torch
 from torch import Tensor
-from transformers import BaseImageProcessor, Qwen2_5_VLForConditionalGeneration
+from transformers import BaseImageProcessor, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
 from learner.grpo import group_advantages
 from zoomrl.images import num_image_tokens, smart_resize
@@ -67,10 +70,10 @@ class MicroBatch:
     position_ids: Tensor
     """(4, 1, L) text positions restarting at 0 per sequence (the packing boundary), then the
     temporal/height/width rotary positions of Qwen2.5-VL."""
-    pixel_values: Tensor | None
-    """(P, 3*2*14*14) patches of every image in order; None when no image."""
-    image_grid_thw: Tensor | None
-    """(I, 3) patch grid of every image in order; None when no image."""
+    pixel_values: Tensor
+    """(P, 3*2*14*14) patches of every image in order (the placeholder's when none)."""
+    image_grid_thw: Tensor
+    """(I, 3) patch grid of every image in order."""
     loss_mask: Tensor
     """(1, L) 1.0 on sampled tokens of active trajectories."""
     old_logprobs: Tensor
@@ -79,15 +82,19 @@ class MicroBatch:
     """(1, L) each token's trajectory advantage."""
     seq_index: Tensor
     """(1, L) which trajectory of this micro-batch each token belongs to."""
+    placeholder_tokens: int = 0
+    """Tokens of the placeholder image sequence at the end of the row (0 when the micro-batch
+    has images of its own): run, never trained on, not counted as throughput."""
 
     @property
     def num_tokens(self) -> int:
-        return self.input_ids.shape[1]
+        """Tokens of the trajectories (the placeholder excluded)."""
+        return self.input_ids.shape[1] - self.placeholder_tokens
 
     def to(self, device: torch.device) -> MicroBatch:
         """The same batch with every tensor on device."""
         values = {f.name: getattr(self, f.name) for f in fields(self)}
-        return MicroBatch(**{name: None if value is None else value.to(device)
+        return MicroBatch(**{name: value.to(device) if isinstance(value, Tensor) else value
                              for name, value in values.items()})
 
 
@@ -212,6 +219,29 @@ def resolve(shard: StepShard, groups: dict[str, Group]) -> StepShard:
                                          for items in shard.micro_batches])
 
 
+def placeholder_image(config: Qwen2_5_VLConfig) -> tuple[np.ndarray, Tensor, Tensor]:
+    """A sequence holding one image and nothing else, for a micro-batch without images:
+    (token ids <|vision_start|><|image_pad|><|vision_end|>, pixel values (4, 3*2*14*14) of zeros,
+    image grid (1, 3): one merged 28x28 patch, the smallest image the vision tower takes).
+
+    Why: the vision tower's blocks and merger are FSDP units, whose forward all-gathers and
+    backward reduce-scatters are collectives every rank must run, in the same order. Qwen2.5-VL
+    skips the tower when a batch has no image, so a rank whose micro-batch is text only would
+    skip them while another waits in them (gloo aborts on the size mismatch, NCCL hangs). Packed
+    into the row, the placeholder runs through the same code path as a real image (same modules,
+    same order, forward and backward, activation checkpointing and the KL reference model
+    included), which a separate `visual(...)` call added to the loss would not: it would run its
+    collectives before or after the decoder's, not between them as a real image does. Its loss
+    mask is 0 and per-sequence attention keeps other sequences from seeing it, so it adds exactly
+    zero to the loss and to every gradient; it costs 3 tokens and a 4-patch tower pass.
+    """
+    vision = config.vision_config
+    merge = vision.spatial_merge_size
+    ids = np.array([config.vision_start_token_id, config.image_token_id, config.vision_end_token_id])
+    patch = vision.in_channels * vision.temporal_patch_size * vision.patch_size ** 2
+    return ids, torch.zeros(merge * merge, patch), torch.tensor([[1, merge, merge]])
+
+
 def collate(items: list[TrainItem], image_processor: BaseImageProcessor,
             model: Qwen2_5_VLForConditionalGeneration) -> MicroBatch:
     """Pack items into one MicroBatch: pixels, image grids and 3-D rotary positions rebuilt.
@@ -222,32 +252,45 @@ def collate(items: list[TrainItem], image_processor: BaseImageProcessor,
     """
     ids, positions, text_positions, pixels, grids = [], [], [], [], []
     mask, old, adv, seq = [], [], [], []
-    for index, item in enumerate(items):
+
+    def add(token_ids: np.ndarray, grid: Tensor | None, loss_mask: Tensor, behavior_logprobs: np.ndarray,
+            advantage: float) -> None:
+        seq_ids = torch.tensor(token_ids, dtype=torch.long)[None]  # (1, T); copies (read-only arrays)
+        is_image = (seq_ids == model.config.image_token_id).int()
+        rope, _ = model.model.get_rope_index(seq_ids, mm_token_type_ids=is_image, image_grid_thw=grid)
+        seq.append(torch.full_like(seq_ids[0], len(ids)))
+        ids.append(seq_ids)
+        positions.append(rope)  # (3, 1, T)
+        text_positions.append(torch.arange(seq_ids.shape[1]))
+        mask.append(loss_mask)
+        old.append(torch.tensor(behavior_logprobs, dtype=torch.float32))
+        adv.append(torch.full_like(loss_mask, advantage))
+
+    for item in items:
         traj = item.trajectory
-        seq_ids = torch.tensor(traj.input_ids, dtype=torch.long)[None]  # (1, T); copies (read-only arrays)
         grid = None
         if traj.images:
             vision = image_processor(images=list(traj.images), return_tensors="pt")
             pixels.append(vision["pixel_values"])
             grid = vision["image_grid_thw"]
             grids.append(grid)
-        is_image = (seq_ids == model.config.image_token_id).int()
-        rope, _ = model.model.get_rope_index(seq_ids, mm_token_type_ids=is_image, image_grid_thw=grid)
-        ids.append(seq_ids)
-        positions.append(rope)  # (3, 1, T)
-        text_positions.append(torch.arange(seq_ids.shape[1]))
-        token_mask = torch.tensor(traj.loss_mask, dtype=torch.float32) * float(item.active)
-        mask.append(token_mask)
-        old.append(torch.tensor(traj.behavior_logprobs, dtype=torch.float32))
-        adv.append(torch.full_like(token_mask, item.advantage))
-        seq.append(torch.full_like(seq_ids[0], index))
+        add(traj.input_ids, grid, torch.tensor(traj.loss_mask, dtype=torch.float32) * float(item.active),
+            traj.behavior_logprobs, item.advantage)
+    placeholder_tokens = 0
+    if not pixels:  # every micro-batch runs the vision tower (see `placeholder_image`)
+        token_ids, pixel_values, grid = placeholder_image(model.config)
+        pixels.append(pixel_values)
+        grids.append(grid)
+        placeholder_tokens = len(token_ids)
+        add(token_ids, grid, torch.zeros(placeholder_tokens), np.zeros(placeholder_tokens), 0.0)
     return MicroBatch(
         input_ids=torch.cat(ids, dim=1),
         position_ids=torch.cat([torch.cat(text_positions)[None, None], torch.cat(positions, dim=2)]),
-        pixel_values=torch.cat(pixels) if pixels else None,
-        image_grid_thw=torch.cat(grids) if grids else None,
+        pixel_values=torch.cat(pixels),
+        image_grid_thw=torch.cat(grids),
         loss_mask=torch.cat(mask)[None],
         old_logprobs=torch.cat(old)[None],
         advantages=torch.cat(adv)[None],
         seq_index=torch.cat(seq)[None],
+        placeholder_tokens=placeholder_tokens,
     )

@@ -1,8 +1,10 @@
 """Sharded, atomic checkpoints with torch.distributed.checkpoint (DCP), and export to Hugging Face.
 
 Layout of one checkpoint, `<root>/step-00000010/`:
-    .metadata, __<rank>_0.distcp   model + optimizer, sharded as trained (DCP)
-    rng-rank<r>.pt                 each rank's RNG states (torch, CUDA, numpy, python)
+    .metadata, __<rank>_0.distcp   model + optimizer, sharded as trained (DCP); the model only
+                                   when saved before the first optimizer step
+    rng-rank<r>.pt                 each rank's RNG states (torch, CUDA, numpy, python), as tensors
+                                   and numbers only: loaded with `weights_only=True`
     hf/                            the model folder minus its weights (config, tokenizer, processor)
     trainer.json                   step, the driver's data position, model path, engine dtype
 
@@ -13,16 +15,22 @@ only sees complete `step-*` folders, and the next save removes leftover `.tmp-*`
 The checkpoint root must be one folder every rank sees (a shared filesystem on a cluster).
 DCP reshards on load: a checkpoint resumes on any number of ranks (RNG states of ranks the
 checkpoint does not have are left as seeded).
+
+A checkpoint is code: `dcp.load` unpickles DCP's `.metadata` with plain `pickle.load` and its
+non-tensor entries with `torch.load(weights_only=False)` (torch 2.13 offers no restricted loader
+for either), so load only checkpoints from a trusted source. The RNG files, which zoomrl writes
+itself, are loaded with torch's weights-only unpickler.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import pickle
 import random
 import shutil
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +39,12 @@ import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch import nn
-from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+from torch.distributed.checkpoint.state_dict import (
+    get_model_state_dict,
+    get_state_dict,
+    set_model_state_dict,
+    set_state_dict,
+)
 
 STEP_PREFIX = "step-"
 TMP_PREFIX = ".tmp-"
@@ -53,6 +66,11 @@ class TrainerState:
     """Learner ranks that wrote it (any number can load it)."""
     extra: dict[str, Any] = field(default_factory=dict)
     """The driver's data position (prompt-stream position, groups not yet trained on), as JSON."""
+    optimizer_state: bool = True
+    """False when saved before the first optimizer step (e.g. at step 0, after a first batch
+    filtered out entirely): the checkpoint then holds the model only, and a resume starts the
+    optimizer afresh. Asking torch for an empty AdamW state would fill it with a fake step,
+    which shifts its bias correction."""
 
 
 def latest_checkpoint(root: str | Path) -> Path | None:
@@ -65,13 +83,30 @@ def latest_checkpoint(root: str | Path) -> Path | None:
 
 
 def _rng_state() -> dict:
-    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
+    """This process's RNG states in types torch's weights-only unpickler accepts (tensors, ints,
+    floats, strings, tuples, dicts): numpy's MT19937 key goes as an int64 tensor."""
+    numpy = np.random.get_state(legacy=False)  # {"bit_generator", "state": {"key", "pos"}, ...}
+    numpy["state"]["key"] = torch.from_numpy(numpy["state"]["key"].astype(np.int64))
+    return {"torch": torch.get_rng_state(), "numpy": numpy, "python": random.getstate(),
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
 
 
-def _set_rng_state(state: dict) -> None:
+def _load_rng_state(path: Path) -> None:
+    """Restore the RNG states `_rng_state` saved at path; a file holding anything but tensors
+    and numbers is refused (pickle.UnpicklingError naming it), never unpickled."""
+    try:
+        state = torch.load(path, weights_only=True)
+    except pickle.UnpicklingError as err:
+        lines = str(err).splitlines()  # torch's message: advice, then the offending global
+        reason = next((line for line in lines if "GLOBAL" in line), lines[0] if lines else "").strip()
+        raise pickle.UnpicklingError(
+            f"{path}: refused to unpickle: zoomrl's RNG files hold only tensors and numbers, this one "
+            f"holds more ({reason}). A file from before 2026-11 holds numpy arrays: delete it to "
+            "resume with this rank's RNG as seeded") from None
+    numpy = state["numpy"]
+    numpy["state"]["key"] = numpy["state"]["key"].numpy().astype(np.uint32)
     torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
+    np.random.set_state(numpy)
     random.setstate(state["python"])
     if state["cuda"] is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -89,9 +124,19 @@ def _save_model_files(model_path: str, out: Path) -> None:
         pass
 
 
+def _state_dict(model: nn.Module, optimizer: torch.optim.Optimizer | None) -> dict:
+    """What DCP saves and loads: {"model": ...} and, unless optimizer is None, {"optim": ...}."""
+    if optimizer is None:
+        return {"model": get_model_state_dict(model)}
+    model_state, optim_state = get_state_dict(model, optimizer)
+    return {"model": model_state, "optim": optim_state}
+
+
 def save_checkpoint(root: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer,
                     state: TrainerState) -> Path:
-    """Write a checkpoint of this step atomically; every rank calls it. Returns its folder."""
+    """Write a checkpoint of this step atomically; every rank calls it. Returns its folder.
+    Before the first optimizer step (an empty optimizer state) it saves the model only."""
+    state = replace(state, optimizer_state=bool(optimizer.state))
     rank = dist.get_rank()
     root = Path(root)
     final = root / f"{STEP_PREFIX}{state.step:08d}"
@@ -103,8 +148,7 @@ def save_checkpoint(root: str | Path, model: nn.Module, optimizer: torch.optim.O
         staging.mkdir()
         _save_model_files(state.model_path, staging / HF_DIR)
     dist.barrier()
-    model_state, optim_state = get_state_dict(model, optimizer)
-    dcp.save({"model": model_state, "optim": optim_state}, checkpoint_id=staging)
+    dcp.save(_state_dict(model, optimizer if state.optimizer_state else None), checkpoint_id=staging)
     torch.save(_rng_state(), staging / f"rng-rank{rank}.pt")
     dist.barrier()
     if rank == 0:
@@ -124,16 +168,21 @@ def read_trainer_state(path: str | Path) -> TrainerState:
 
 
 def load_checkpoint(path: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> TrainerState:
-    """Restore model, optimizer and this rank's RNG in place; every rank calls it."""
+    """Restore model, optimizer and this rank's RNG in place; every rank calls it. A checkpoint
+    saved before the first optimizer step leaves the optimizer empty, as it was then."""
     path = Path(path)
-    model_state, optim_state = get_state_dict(model, optimizer)
-    state = {"model": model_state, "optim": optim_state}
+    trainer = read_trainer_state(path)
+    state = _state_dict(model, optimizer if trainer.optimizer_state else None)
     dcp.load(state, checkpoint_id=path)
-    set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
+    if trainer.optimizer_state:
+        set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
+    else:
+        set_model_state_dict(model, state["model"])
+        optimizer.state.clear()  # AdamW starts its moments and step count at the next step
     rng_file = path / f"rng-rank{dist.get_rank()}.pt"
     if rng_file.is_file():
-        _set_rng_state(torch.load(rng_file, weights_only=False))
-    return read_trainer_state(path)
+        _load_rng_state(rng_file)
+    return trainer
 
 
 def export_hf(checkpoint: str | Path, out_dir: str | Path) -> Path:

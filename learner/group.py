@@ -1,8 +1,10 @@
 """The learner group: M `LearnerWorker` ranks as Ray actors forming one torch.distributed group.
 
 Ranks are gang-scheduled with a placement group (all or none start); rank 0's node picks a free
-port, and every rank joins the process group there (gloo on CPU, NCCL on GPU). The driver holds
-a `LearnerGroup` and calls its methods; each fans out to every rank and waits.
+port on its Ray node address, and every rank joins the process group there (gloo on CPU, NCCL
+on GPU). The rendezvous store listens on that address only (`worker.rendezvous_store`): with Ray
+started on 127.0.0.1 (the local default) nothing outside the machine can reach it. The driver
+holds a `LearnerGroup` and calls its methods; each fans out to every rank and waits.
 """
 
 from __future__ import annotations
@@ -25,16 +27,19 @@ from zoomrl.types import GroupSummary
 LearnerActor = ray.remote(LearnerWorker)  # the actor is the plain class, nothing added
 
 
-def free_port() -> int:
-    """A TCP port free on this host now (the OS picks it)."""
-    with socket.socket() as sock:
-        sock.bind(("", 0))
+def free_port(host: str = "") -> int:
+    """A TCP port free on host (default: every interface of this machine) now; the OS picks it."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
+        sock.bind((host, 0))
         return sock.getsockname()[1]
 
 
 @ray.remote(num_cpus=0)
 def _rendezvous_address() -> tuple[str, int]:
-    return ray.util.get_node_ip_address(), free_port()
+    """Rank 0's node address as Ray knows it (127.0.0.1 when Ray was started there, the node's
+    IP on a real cluster, which the other nodes reach it by), and a port free on it."""
+    address = ray.util.get_node_ip_address()
+    return address, free_port(address)
 
 
 class LearnerGroup:
@@ -53,6 +58,8 @@ class LearnerGroup:
         on_rank = [PlacementGroupSchedulingStrategy(self.placement, placement_group_bundle_index=rank)
                    for rank in range(learner.num_ranks)]
         address, port = ray.get(_rendezvous_address.options(scheduling_strategy=on_rank[0]).remote())
+        self.rendezvous = (address, port)
+        """Where rank 0's store listens (that address only) and every rank joins the process group."""
         self.workers = [
             LearnerActor.options(num_cpus=learner.num_cpus_per_rank, num_gpus=learner.num_gpus_per_rank,
                                  scheduling_strategy=on_rank[rank])

@@ -7,10 +7,14 @@ together, in the same order, with their own shard of the data.
 
 from __future__ import annotations
 
+import ipaddress
+import os
 import resource
+import socket
 import time
 from pathlib import Path
 
+import psutil
 import ray
 import torch
 import torch.distributed as dist
@@ -20,6 +24,7 @@ from torch.distributed.checkpoint.state_dict import (
     get_model_state_dict,
     get_optimizer_state_dict,
 )
+from torch.distributed.constants import default_pg_timeout
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.tensor import DTensor
 from torch.utils._pytree import tree_map_only
@@ -44,6 +49,49 @@ RANK0_METRICS = ("loss", "clip_fraction", "approx_kl", "grad_norm", "learner_tok
                  "learner_peak_memory_bytes")
 
 
+def rendezvous_store(host: str, port: int, rank: int, world_size: int) -> dist.TCPStore:
+    """The process group's rendezvous: rank 0 serves a TCPStore at host:port, the others join it.
+
+    Given host:port (`init_method="tcp://..."`), torch's store server listens on EVERY interface
+    ("::", else 0.0.0.0: c10d's TCPStoreLibUvBackend.cpp, `UvTcpServer::makeWithPort`), and it
+    accepts any client. So rank 0 binds the listening socket itself, to host only, and hands it
+    to the store (`master_listen_fd`, which torch takes over): on a local cluster (Ray on
+    127.0.0.1, host 127.0.0.1) nothing outside the machine can reach it; on a real cluster host
+    is rank 0's node address, the one the other nodes connect to.
+    """
+    if rank != 0:
+        return dist.TCPStore(host, port, world_size, is_master=False, timeout=default_pg_timeout)
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    listener = socket.create_server((host, port), family=family)
+    return dist.TCPStore(host, port, world_size, is_master=True, timeout=default_pg_timeout,
+                         master_listen_fd=listener.detach())
+
+
+def keep_gloo_on_loopback(host: str) -> None:
+    """When the rendezvous is on loopback (a local cluster), make gloo listen there too.
+
+    Gloo's connections between ranks listen on the address the machine's hostname resolves to,
+    often a network interface; GLOO_SOCKET_IFNAME names the interface instead. Set to the
+    loopback one when host is a loopback address and the variable is not set already (it is
+    this process's environment: each rank is its own process). NCCL (GPU) picks its bootstrap
+    interface itself (NCCL_SOCKET_IFNAME), untouched here.
+    """
+    if not _is_loopback(host):  # a host name is left to gloo's default too
+        return
+    for name, addresses in psutil.net_if_addrs().items():
+        if any(_is_loopback(a.address) for a in addresses):
+            os.environ.setdefault("GLOO_SOCKET_IFNAME", name)
+            return
+
+
+def _is_loopback(address: str) -> bool:
+    """True for a loopback IP address; False for any other, a host name or a MAC address."""
+    try:
+        return ipaddress.ip_address(address.split("%")[0]).is_loopback  # "%": an IPv6 zone
+    except ValueError:
+        return False
+
+
 class LearnerWorker:
     """Rank `rank` of `world_size`; joins the process group at master_addr:master_port."""
 
@@ -59,8 +107,10 @@ class LearnerWorker:
         if use_gpu:  # Ray gives each GPU rank one visible device
             torch.cuda.set_device(0)
         self.device = torch.device("cuda", 0) if use_gpu else torch.device("cpu")
-        dist.init_process_group("nccl" if use_gpu else "gloo", init_method=f"tcp://{master_addr}:{master_port}",
-                                rank=rank, world_size=world_size, device_id=self.device if use_gpu else None)
+        keep_gloo_on_loopback(master_addr)
+        store = rendezvous_store(master_addr, master_port, rank, world_size)
+        dist.init_process_group("nccl" if use_gpu else "gloo", store=store, rank=rank, world_size=world_size,
+                                device_id=self.device if use_gpu else None)
         torch.manual_seed(cfg.run.seed + rank)
         mesh = init_device_mesh(self.device.type, (world_size,))
         bf16 = use_gpu and self.learner.mixed_precision
@@ -173,11 +223,11 @@ class LearnerWorker:
         """Checkpoint this step under root (atomically); returns the checkpoint folder.
 
         step must be the learner's own count of updates (a guard against a driver that lost track).
+        Before the first optimizer step (step 0, e.g. after a first batch filtered out entirely)
+        it saves the model without optimizer state (see `TrainerState.optimizer_state`).
         """
         if step != self.step:
             raise ValueError(f"asked to checkpoint step {step}, but the learner is at step {self.step}")
-        if not self.optimizer.state:  # torch would fill it with a fake step (see `snapshot`)
-            raise ValueError("no update yet, nothing to checkpoint: step 0 is the model at its path")
         state = TrainerState(self.step, self.model_path, self.cfg.model.dtype, self.world_size, extra)
         return str(save_checkpoint(root, self.model, self.optimizer, state))
 

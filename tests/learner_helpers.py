@@ -7,12 +7,16 @@ again here (not imported from learner/), so a shared mistake cannot hide.
 from __future__ import annotations
 
 import contextlib
+import copy
+import os
 from collections.abc import Iterator
 
 import numpy as np
+import psutil
 import torch
 from torch import Tensor
 from trajectories import hf_logprobs_grad
+from transformers import Qwen2_5_VLConfig
 
 from learner.batching import StepShard, make_shards, score_groups
 from learner.group import free_port
@@ -25,15 +29,26 @@ CPU_LEARNER = ["learner.num_ranks=1", "learner.num_gpus_per_rank=0", "learner.nu
 
 @contextlib.contextmanager
 def local_worker(model_path: str, *overrides: str) -> Iterator[LearnerWorker]:
-    """A world-size-1 LearnerWorker (tiny-cpu config + overrides) in this process; it leaves the
-    process group on exit, so the next one can start."""
+    """A world-size-1 LearnerWorker (tiny-cpu config + overrides) in this process, its rendezvous
+    on 127.0.0.1; it leaves the process group on exit, so the next one can start, and puts back
+    GLOO_SOCKET_IFNAME (which a rank sets in its own process: `worker.keep_gloo_on_loopback`)."""
     cfg = load_config("tiny-cpu", CPU_LEARNER + list(overrides))
+    gloo_interface = os.environ.get("GLOO_SOCKET_IFNAME")
     worker = LearnerWorker(cfg, model_path, rank=0, world_size=1, master_addr="127.0.0.1",
-                           master_port=free_port())
+                           master_port=free_port("127.0.0.1"))
     try:
         yield worker
     finally:
         worker.close()
+        os.environ.pop("GLOO_SOCKET_IFNAME", None)
+        if gloo_interface is not None:
+            os.environ["GLOO_SOCKET_IFNAME"] = gloo_interface
+
+
+def listening(pid: int) -> set[tuple[str, int]]:
+    """(address, port) of every TCP socket process pid listens on."""
+    return {(c.laddr.ip, c.laddr.port) for c in psutil.Process(pid).net_connections("tcp")
+            if c.status == psutil.CONN_LISTEN}
 
 
 def shard_of(worker: LearnerWorker, groups: list[Group], token_budget: int) -> StepShard:
@@ -41,6 +56,33 @@ def shard_of(worker: LearnerWorker, groups: list[Group], token_budget: int) -> S
     cfg = worker.learner
     items = [i for g in score_groups(groups, cfg.norm_adv_by_std, cfg.filter_zero_adv_groups) for i in g]
     return make_shards(items, 1, token_budget)[0]
+
+
+def without_images(group: Group, config: Qwen2_5_VLConfig) -> Group:
+    """A copy of group as rows without images give it (a text-only row of a train file): every
+    <|vision_start|> ... <|vision_end|> span cut from each trajectory's tokens, loss mask and
+    behaviour log-probs, no images, and the group id suffixed "-text"."""
+    group = copy.deepcopy(group)
+    group.group_id += "-text"
+    for traj in group.trajectories:
+        ids = traj.input_ids
+        is_end = ids == config.vision_end_token_id
+        depth = np.cumsum(ids == config.vision_start_token_id) - np.cumsum(is_end) + is_end  # >0: in a span
+        keep = depth == 0
+        traj.prompt_len = int(keep[:traj.prompt_len].sum())
+        traj.input_ids, traj.loss_mask = ids[keep], traj.loss_mask[keep]
+        traj.behavior_logprobs = traj.behavior_logprobs[keep]
+        traj.images, traj.group_id = [], group.group_id
+    return group
+
+
+def reference_logprobs(model, processor, traj, temperature: float) -> Tensor:
+    """`hf_logprobs_grad`, or for a trajectory without images the plain text forward (no pixels)."""
+    if traj.images:
+        return hf_logprobs_grad(model, processor, traj, temperature)
+    ids = torch.as_tensor(traj.input_ids)[None]  # (1, T)
+    logits = model(input_ids=ids, use_cache=False).logits[0, :-1].float() / temperature  # (T-1, V)
+    return torch.nn.functional.pad(logits.log_softmax(-1).gather(-1, ids[0, 1:, None]).squeeze(-1), (1, 0))
 
 
 def assert_grads_close(grads: dict[str, Tensor], expected: dict[str, Tensor]) -> None:
@@ -81,7 +123,7 @@ def reference_loss(model, processor, groups: list[Group], learner: LearnerConfig
         if learner.filter_zero_adv_groups and rewards.max() == rewards.min():
             continue
         for traj, adv in zip(group.trajectories, advantages(rewards, learner.norm_adv_by_std), strict=True):
-            logprobs = hf_logprobs_grad(model, processor, traj, temperature)  # (T,)
+            logprobs = reference_logprobs(model, processor, traj, temperature)  # (T,)
             ratio = torch.exp(logprobs - torch.tensor(traj.behavior_logprobs))
             a = float(adv)
             low, high = 1 - learner.clip_ratio_low, 1 + learner.clip_ratio_high

@@ -8,7 +8,7 @@ import pickle
 import numpy as np
 import pytest
 import torch
-from learner_helpers import advantages
+from learner_helpers import advantages, reference_logprobs, without_images
 from trajectories import hf_logprobs, make_groups
 from transformers import AutoImageProcessor, AutoProcessor, Qwen2_5_VLForConditionalGeneration
 
@@ -164,6 +164,36 @@ def test_collate_packs_and_matches_unpacked_forward(groups, model, tiny_model_pa
     assert torch.equal(batch.old_logprobs[0], torch.cat([torch.tensor(i.trajectory.behavior_logprobs)
                                                          for i in items]))
     assert batch.advantages[0, starts[1]] == 0.5 and batch.seq_index[0, -1] == 3
+
+
+def test_a_micro_batch_without_images_runs_the_vision_tower_on_a_placeholder(groups, model, tiny_model_path,
+                                                                             tiny_cfg):
+    """Text-only trajectories (rows without images) are packed with a placeholder image, so the
+    vision tower runs once per micro-batch, forward and backward, as FSDP's collectives need on
+    every rank (test_learner_group.py runs it on 2 ranks). The placeholder changes no log-prob
+    and adds exactly zero to every gradient."""
+    size = {"shortest_edge": tiny_cfg.model.min_pixels, "longest_edge": tiny_cfg.model.max_pixels}
+    image_processor = AutoImageProcessor.from_pretrained(tiny_model_path, size=size)
+    processor = AutoProcessor.from_pretrained(tiny_model_path)
+    items = _items([without_images(groups[0], model.config)])
+    batch = collate(items, image_processor, model)
+    lengths = [len(i.trajectory.input_ids) for i in items]
+    assert batch.placeholder_tokens == 3 and batch.num_tokens == sum(lengths) == batch.input_ids.shape[1] - 3
+    assert batch.image_grid_thw.tolist() == [[1, 2, 2]] and batch.pixel_values.shape[0] == 4
+    assert not batch.loss_mask[0, -3:].any() and (batch.seq_index[0, -3:] == len(items)).all()
+    policy = load_policy(tiny_model_path)
+    tower_calls = []
+    policy.model.visual.register_forward_hook(lambda *args: tower_calls.append(1))
+    logprobs, _ = token_logprobs(policy, batch, 1.0, with_entropy=False)
+    (logprobs * batch.loss_mask).sum().backward()
+    assert tower_calls == [1]
+    with torch.no_grad():
+        alone = torch.cat([reference_logprobs(model, processor, i.trajectory, 1.0) for i in items])
+    sampled = batch.loss_mask[0, :-3].bool()
+    assert torch.allclose(logprobs[0, :-3][sampled], alone[sampled], atol=1e-5)
+    visual = dict(policy.model.visual.named_parameters())
+    assert all(p.grad is not None and not p.grad.any() for p in visual.values())  # ran, added 0
+    assert policy.model.language_model.layers[0].mlp.up_proj.weight.grad.any()
 
 
 def test_packed_attention_equals_block_diagonal_mask():

@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
+import random
+import re
 import shutil
 import subprocess
 import sys
@@ -88,6 +91,74 @@ def test_interrupted_save_leaves_previous_checkpoint_usable(tmp_path, tiny_model
         again = worker.save_checkpoint(str(tmp_path), 2, {"again": True})  # a step saved twice: replaced
     assert again == done and read_trainer_state(again).extra == {"again": True}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["step-00000001", "step-00000002", "step-00000009"]
+
+
+def test_a_step_0_checkpoint_holds_the_model_and_resumes(tmp_path, tiny_model_path, groups):
+    """A first batch filtered out entirely (all-equal rewards) leaves the learner at step 0 when
+    the driver checkpoints (before: ValueError "no update yet"). The checkpoint holds the model
+    without optimizer state; resuming from it, in place after an update or in a fresh learner,
+    gives the model as loaded and an empty optimizer, and the next update is bit for bit the same."""
+    extra = {"stream": {"epoch": 0, "index": 1}, "pending": [], "dropped_groups": 0}
+    with local_worker(tiny_model_path) as worker:
+        shard = shard_of(worker, groups, 4096)
+        path = worker.save_checkpoint(str(tmp_path), 0, extra)
+        assert Path(path).name == "step-00000000" and not read_trainer_state(path).optimizer_state
+        saved = worker.snapshot()
+        assert saved[1] == {}  # no optimizer state, and none faked
+        worker.train_step([shard])
+        continued = worker.snapshot()
+        state = worker.load_checkpoint(path)
+        assert (state.step, state.extra, worker.step) == (0, extra, 0)
+        assert_same_state(worker.snapshot(), saved)
+        worker.train_step([shard])
+        assert_same_state(worker.snapshot(), continued)
+    with local_worker(tiny_model_path) as fresh:
+        fresh.load_checkpoint(str(latest_checkpoint(tmp_path)))
+        assert fresh.step == 0
+        assert_same_state(fresh.snapshot(), saved)
+        fresh.train_step([shard])
+        assert_same_state(fresh.snapshot(), continued)
+    exported = Qwen2_5_VLForConditionalGeneration.from_pretrained(export_hf(path, tmp_path / "hf"))
+    assert all(torch.equal(t, saved[0][k]) for k, t in exported.state_dict().items())
+
+
+class RunsCode:
+    """Unpickling this runs os.mkdir(path): what a tampered checkpoint file could do."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        return os.mkdir, (str(self.path),)
+
+
+def test_rng_states_load_without_unpickling_code(tmp_path, tiny_model_path, groups):
+    """RNG files hold tensors and numbers only and load with torch's weights-only unpickler: they
+    round-trip (the next draws of torch, numpy and python repeat), and a file holding any other
+    object is refused, naming the file, without running its code (before: torch.load with
+    weights_only=False ran it)."""
+    with local_worker(tiny_model_path) as worker:
+        worker.train_step([shard_of(worker, groups, 4096)])
+        path = Path(worker.save_checkpoint(str(tmp_path), 1, {}))
+        rng_file = path / "rng-rank0.pt"
+        draws = (torch.rand(4), np.random.rand(4), np.random.randn(), random.random())
+        worker.load_checkpoint(str(path))
+        again = (torch.rand(4), np.random.rand(4), np.random.randn(), random.random())
+        assert torch.equal(draws[0], again[0]) and np.array_equal(draws[1], again[1])
+        assert draws[2:] == again[2:]
+
+        state = torch.load(rng_file, weights_only=True)
+        marker = tmp_path / "code-ran"
+        torch.save(state | {"python": RunsCode(marker)}, rng_file)
+        refused = rf"{re.escape(str(rng_file))}: refused.*GLOBAL posix.mkdir"
+        with pytest.raises(pickle.UnpicklingError, match=refused):
+            worker.load_checkpoint(str(path))
+        assert not marker.exists()
+        torch.save(state | {"numpy": np.random.get_state()}, rng_file)  # as zoomrl wrote it before
+        with pytest.raises(pickle.UnpicklingError, match=r"GLOBAL numpy.*before 2026-11 holds numpy arrays"):
+            worker.load_checkpoint(str(path))
+        rng_file.unlink()  # no RNG file: the rank keeps its RNG as seeded
+        assert worker.load_checkpoint(str(path)).step == 1
 
 
 @pytest.fixture(scope="module")

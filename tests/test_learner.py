@@ -7,9 +7,12 @@ than the reference, so values agree to float rounding: loss to 1e-5 relative, gr
 
 from __future__ import annotations
 
+import ipaddress
+import os
+
 import pytest
 import torch
-from learner_helpers import assert_grads_close, local_worker, reference_grads, shard_of
+from learner_helpers import assert_grads_close, listening, local_worker, reference_grads, shard_of
 from trajectories import make_groups
 from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
 
@@ -128,3 +131,15 @@ def test_gpu_bf16_mixed_precision_tracks_fp32(tiny_model_path, groups, plain):
     got = torch.cat([grads[name].float().flatten() for name in want_grads])
     want = torch.cat([g.flatten() for g in want_grads.values()])
     assert torch.nn.functional.cosine_similarity(got, want, dim=0) > 0.99
+
+
+def test_rendezvous_and_gloo_listen_on_loopback_only(tiny_model_path, monkeypatch):
+    """With the rendezvous on 127.0.0.1 (a local cluster), every socket the process group opens
+    listens on loopback: the store on 127.0.0.1 (before: on "::", every interface, whatever
+    address it was given), gloo's connections on the loopback interface."""
+    monkeypatch.delenv("GLOO_SOCKET_IFNAME", raising=False)  # as a rank process starts
+    before = listening(os.getpid())
+    with local_worker(tiny_model_path):
+        opened = listening(os.getpid()) - before
+    assert len(opened) >= 2  # the store, and gloo's
+    assert all(ipaddress.ip_address(address).is_loopback for address, _ in opened), opened

@@ -9,12 +9,20 @@ first AdamW step moves each parameter by about lr = 1e-3).
 from __future__ import annotations
 
 import copy
+import os
 
 import numpy as np
 import pytest
 import ray
 import torch
-from learner_helpers import assert_grads_close, assert_same_state, reference_grads, reference_step
+from learner_helpers import (
+    assert_grads_close,
+    assert_same_state,
+    listening,
+    reference_grads,
+    reference_step,
+    without_images,
+)
 from ray_metrics import samples, scrape_ray_metrics
 from trajectories import make_groups
 from transformers import AutoConfig, AutoProcessor, Qwen2_5_VLForConditionalGeneration
@@ -66,6 +74,21 @@ def plain_model(model_path: str, weights: dict) -> Qwen2_5_VLForConditionalGener
     model = Qwen2_5_VLForConditionalGeneration.from_pretrained(model_path, dtype=torch.float32)
     model.load_state_dict(weights, strict=True)
     return model
+
+
+def test_a_first_batch_filtered_out_then_a_checkpoint_at_step_0(group, groups, tmp_path):
+    """What the driver does when its first batch has all-equal rewards and a checkpoint is due:
+    nothing is trained, then step 0 is checkpointed (before: ValueError "no update yet") and
+    resumes on both ranks to the same state, the optimizer still empty."""
+    flat = copy.deepcopy(groups[0])
+    for traj in flat.trajectories:
+        traj.reward = 0.2
+    assert train(group, [flat])["optimizer_steps"] == 0 and group.step == 0
+    saved = snapshot(group)
+    group.save_checkpoint(tmp_path, 0, {"stream": {"epoch": 0, "index": 1}})
+    state = group.load_latest_checkpoint(tmp_path)
+    assert (state.step, group.step, state.world_size, state.optimizer_state) == (0, 0, 2, False)
+    assert_same_state(snapshot(group), saved)
 
 
 def test_two_ranks_equal_plain_single_process(group, groups, cfg, tiny_model_path):
@@ -184,3 +207,39 @@ def test_checkpoint_resume_and_export_two_ranks(group, groups, tmp_path):
     assert str(latest_checkpoint(tmp_path)) == path
     with pytest.raises(FileNotFoundError, match="no complete checkpoint"):
         group.load_latest_checkpoint(tmp_path / "empty")
+
+
+def test_a_rank_without_images_runs_the_same_collectives(group, groups, cfg, tiny_model_path):
+    """A train file with rows with and without images: one rank gets only text trajectories, in
+    fewer micro-batches (filled), the other images in every micro-batch. Each micro-batch still
+    runs the vision tower (on a placeholder image where it has none, `batching.collate`), so
+    both ranks run the same FSDP collectives (before: gloo aborted "147968 vs 41664"; NCCL would
+    hang), and loss and gradients equal the plain reference's, which sees no placeholder."""
+    mixed = [without_images(groups[0], AutoConfig.from_pretrained(tiny_model_path)), groups[1]]
+    planned, _ = group.plan([g.summary() for g in mixed])
+    by_id = {g.group_id: g for g in mixed}
+    shards = [resolve(rank_shards[0], by_id) for rank_shards in planned]
+    has_images = [[any(i.trajectory.images for i in mb) for mb in s.micro_batches] for s in shards]
+    text_rank = [any(per_mb) for per_mb in has_images].index(False)
+    assert all(has_images[1 - text_rank])  # the other rank: images in every micro-batch
+    fillers = [sum(not any(i.active for i in mb) for mb in s.micro_batches) for s in shards]
+    assert fillers[text_rank] >= 1 and fillers[1 - text_rank] == 0  # fewer micro-batches: filled
+
+    step, before = group.step, snapshot(group)[0]
+    model, processor = plain_model(tiny_model_path, before), AutoProcessor.from_pretrained(tiny_model_path)
+    want_loss, want_grads = reference_grads(model, processor, mixed, cfg.learner)
+    stats = ray.get([w.forward_backward.remote(s) for w, s in zip(group.workers, shards, strict=True)])
+    assert stats[0] == stats[1] and stats[0]["loss"] == pytest.approx(want_loss, rel=1e-5)
+    grads = ray.get([w.gradients.remote() for w in group.workers])
+    assert_grads_close(grads[0], want_grads)
+    metrics = train(group, mixed)  # the whole update, as the driver asks for it
+    assert metrics["step"] == step + 1 and metrics["loss"] == pytest.approx(want_loss, rel=1e-5)
+
+
+def test_rendezvous_store_listens_on_the_node_address_only(group):
+    """Rank 0's store listens on the rendezvous address, Ray's address of its node (127.0.0.1
+    when Ray runs there), not on every interface (before: "::")."""
+    address, port = group.rendezvous
+    pids = ray.get([w.__ray_call__.remote(lambda self: os.getpid()) for w in group.workers])
+    on_port = {(a, p) for a, p in listening(pids[0]) if p == port}
+    assert on_port == {(address, port)}, on_port
