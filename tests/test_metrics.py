@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 
+from zoomrl.config import ConfigError
 from zoomrl.metrics import METRICS, PREFIX, DriverMetrics
 
 
@@ -39,3 +40,12 @@ def test_every_metric_is_documented():
     doc = (Path(__file__).parent.parent / "docs" / "metrics.md").read_text()
     for spec in METRICS:
         assert f"`{PREFIX}{spec.name}`" in doc, f"{spec.name} missing from docs/metrics.md"
+
+
+def test_a_taken_port_is_refused_naming_the_key():
+    first = DriverMetrics("127.0.0.1", 0)
+    try:
+        with pytest.raises(ConfigError, match=rf"^metrics.port={first.port}: .*metrics.port=0"):
+            DriverMetrics("127.0.0.1", first.port)
+    finally:
+        first.close()

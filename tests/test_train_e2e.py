@@ -1,12 +1,14 @@
 """`zoomrl train` end to end on the embedded default: real Ray, vLLM CPU engine, 2-rank FSDP2 learner.
 
-One run of 3 steps (async, max_staleness 1), scraped over HTTP while it trains, then resumed to a
-4th step from its last checkpoint.
+One run of 3 steps (async, max_staleness 1), scraped over HTTP while it trains; then, as if it had
+died after logging step 3 but before checkpointing it, resumed from step 2 to a 4th step: the logs
+keep one row per step (the dead run's step 3 set aside) and the counters go on.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -85,15 +87,28 @@ def test_train_runs_scrapes_and_resumes(tmp_path):
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["step-00000002", "step-00000003"]
     assert_every_group_accounted_for(run_dir, steps)
 
-    lines = []
+    # The run "dies" after logging step 3 and before its checkpoint: resume from step 2.
+    shutil.rmtree(run_dir / "checkpoints" / "step-00000003")
+    dead_step_3 = steps[2]
     resumed = start(tmp_path, "--resume", str(run_dir), "run.total_steps=4")
     try:
         assert resumed.wait(timeout=900) == 0, resumed.stdout.read()[-5000:]
         output = resumed.stdout.read()
     finally:
         resumed.kill()
-    assert "training from step 3 to 4" in output and "step 4/4" in output
+    assert "training from step 2 to 4" in output and "step 4/4" in output
     steps = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    assert [s["step"] for s in steps] == [1, 2, 3, 4]
-    assert all(g["policy_version"] == 3 for g in steps[-1]["batch"])  # fresh engines got version 3
-    assert_every_group_accounted_for(run_dir, steps)
+    assert [s["step"] for s in steps] == [1, 2, 3, 4]  # the dead run's step 3 is not among them...
+    aside = (run_dir / "metrics.jsonl.before-resume-2").read_text().splitlines()
+    assert [json.loads(line) for line in aside] == [dead_step_3]  # ...but kept beside them
+    assert all(g["policy_version"] == 2 for g in steps[2]["batch"])  # fresh engines got version 2
+    assert_every_group_accounted_for(run_dir, steps)  # no group counted as trained twice
+    # The queue counters go on from the checkpoint: 2 groups consumed per step, resume or not.
+    assert [s["queue"]["consumed"] for s in steps] == [2, 4, 6, 8]
+    for record in steps:
+        queue = record["queue"]
+        assert queue["produced"] == queue["consumed"] + queue["dropped"] + queue["depth"]
+    trajectories = [json.loads(line) for line in (run_dir / "trajectories.jsonl").read_text().splitlines()]
+    assert sorted({t["step"] for t in trajectories}) == [1, 2, 3, 4]
+    assert {json.loads(line)["step"] for line in
+            (run_dir / "trajectories.jsonl.before-resume-2").read_text().splitlines()} == {3}

@@ -11,25 +11,45 @@ import json
 import os
 import sys
 import time
+import typing
+from collections.abc import Callable
 from pathlib import Path
 
 from zoomrl.config import (
     DEFAULT_PRESET,
-    PROMPT_STYLES,
     ConfigError,
+    PromptStyle,
+    SynthConfig,
+    field_problem,
     load_config,
     preset_names,
-    save_config,
     to_yaml,
 )
 from zoomrl.data import DataError, read_samples
 
 
-def _at_least_one(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
+def _int_field(key: str) -> Callable[[str], int]:
+    """An argparse type for an integer flag that stands for the config field `key`: the field's
+    own domain, refused in argparse's one-line error naming the flag."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+        problem = field_problem(key, value)
+        if problem:
+            raise argparse.ArgumentTypeError(f"{problem} (as {key}), got {value}")
+        return value
+    return parse
+
+
+def _output_folder(text: str) -> str:
+    """An argparse type for a folder to write into: refused when a file stands in its way."""
+    path = Path(text).expanduser()
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    if not existing.is_dir():
+        raise argparse.ArgumentTypeError(f"{existing} is a file, not a folder")
+    return text
 
 
 def _add_config_args(parser: argparse.ArgumentParser) -> None:
@@ -49,10 +69,10 @@ def _cmd_data_synth(args: argparse.Namespace) -> int:
     from zoomrl.synth import write_synthetic
 
     start = time.perf_counter()
-    paths = write_synthetic(args.out, args.n, args.n_test, args.size, args.seed)
+    paths = write_synthetic(args.out, args.n_train, args.n_test, args.image_size, args.seed)
     for split, path in paths.items():
         print(f"{split}: {path}")
-    print(f"wrote {args.n} train + {args.n_test} test rows in {time.perf_counter() - start:.1f}s")
+    print(f"wrote {args.n_train} train + {args.n_test} test rows in {time.perf_counter() - start:.1f}s")
     return 0
 
 
@@ -70,28 +90,30 @@ def _progress(total_steps: int):
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
+    from rewards import JudgeError
     from zoomrl.driver import Driver
-    from zoomrl.run_setup import new_run_dir
 
-    if args.resume:
-        run_dir = Path(args.resume)
-        cfg = load_config(str(run_dir / "config.yaml"), args.overrides)
-        save_config(cfg, run_dir / "config.yaml")
+    if args.resume:  # the run's saved config plus these overrides (saved once the resume starts)
+        cfg = load_config(str(Path(args.resume) / "config.yaml"), args.overrides)
     else:
         cfg = load_config(args.config, args.overrides)
-        run_dir = new_run_dir(cfg)
-    print(f"run directory: {run_dir}", flush=True)
-    driver = Driver(cfg, run_dir, resume=bool(args.resume))
+    # A new run's directory is made by the driver, once its inputs are checked.
+    driver = Driver(cfg, Path(args.resume) if args.resume else None, resume=bool(args.resume))
     try:
+        print(f"run directory: {driver.run_dir}", flush=True)
         print(f"metrics: {driver.metrics.url}", flush=True)
         if "dashboard_url" in driver.ray_info:
             print(f"Ray dashboard: http://{driver.ray_info['dashboard_url']}", flush=True)
         print(f"training from step {driver.step} to {cfg.run.total_steps}", flush=True)
         summary = driver.run(on_step=_progress(cfg.run.total_steps))
+    except JudgeError as err:  # the judge stayed down; the driver saved a checkpoint first
+        print(f"zoomrl: error: {err}", file=sys.stderr)
+        return 1
     finally:
         driver.close()
     ended = "stopped by zoomrl stop at" if summary["stopped"] else "done:"
-    print(f"{ended} {summary['steps']} steps; metrics.jsonl, trajectories.jsonl and checkpoints in {run_dir}")
+    print(f"{ended} {summary['steps']} steps; metrics.jsonl, trajectories.jsonl and checkpoints in "
+          f"{driver.run_dir}")
     return 0
 
 
@@ -255,9 +277,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.set_defaults(func=_cmd_train)
 
     scale = commands.add_parser("scale", help="change the number of rollout actors of a running run")
-    scale.add_argument("--rollout-workers", type=_at_least_one, required=True, metavar="N",
-                       help="rollout actors wanted; new ones load the current weights, removed ones "
-                            "finish their groups first")
+    scale.add_argument("--rollout-workers", type=_int_field("rollout.num_workers"), required=True,
+                       metavar="N", help="rollout actors wanted; new ones load the current weights, "
+                                         "removed ones finish their groups first")
     scale.add_argument("--no-wait", action="store_true", help="return once the request is recorded")
     scale.add_argument("--timeout", type=float, default=1800.0,
                        help="seconds to wait for the new actors (default 1800)")
@@ -267,16 +289,21 @@ def build_parser() -> argparse.ArgumentParser:
     for command in (scale, stop):
         command.add_argument("--address", help="the Ray cluster (GCS address host:6379; default: "
                                                "RAY_ADDRESS, else the cluster on this machine)")
-        command.add_argument("--run", help="the run's directory name (needed when several runs are going)")
+        command.add_argument("--run", help="the run's directory name, or its path when two runs share a "
+                                           "name (needed when several runs are going)")
 
     data = commands.add_parser("data", help="data utilities")
     data_commands = data.add_subparsers(dest="data_command", required=True)
     synth = data_commands.add_parser("synth", help="write the synthetic visual-search set")
-    synth.add_argument("--out", required=True, help="output folder (train.parquet, test.parquet)")
-    synth.add_argument("--n", type=int, default=256, help="training rows (default 256)")
-    synth.add_argument("--n-test", type=int, default=64, help="test rows (default 64)")
-    synth.add_argument("--size", type=int, default=2048, help="image side in pixels (default 2048)")
-    synth.add_argument("--seed", type=int, default=0, help="generator seed (default 0)")
+    synth.add_argument("--out", required=True, type=_output_folder,
+                       help="output folder (train.parquet, test.parquet)")
+    for flag, name, what in (("--n", "n_train", "training rows"), ("--n-test", "n_test", "test rows"),
+                             ("--size", "image_size", "image side in pixels"),
+                             ("--seed", "seed", "generator seed")):
+        default = getattr(SynthConfig(), name)
+        synth.add_argument(flag, type=_int_field(f"data.synth.{name}"), default=default, dest=name,
+                           metavar="N",
+                           help=f"{what} (data.synth.{name}; default {default})")
     synth.set_defaults(func=_cmd_data_synth)
 
     config = commands.add_parser("config", help="inspect configs")
@@ -305,7 +332,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--out", help="the report (JSON); the table and the trajectories go next to it")
     evaluate.add_argument("--keep-options", action="store_true",
                           help="keep multiple-choice options as given (default: shuffled, fixed seed)")
-    evaluate.add_argument("--prompt", choices=PROMPT_STYLES,
+    evaluate.add_argument("--prompt", choices=typing.get_args(PromptStyle),
                           help="conversation format (rollout.prompt_style); 'deepeyes' matches the "
                                "released DeepEyes checkpoint")
     evaluate.set_defaults(func=_cmd_eval)

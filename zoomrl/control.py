@@ -1,16 +1,18 @@
 """Changing a running job from outside: `zoomrl scale` talks to the driver through a named actor.
 
-Each run's driver starts one `RunControl` actor, named after the run directory, in the `zoomrl`
-namespace. `zoomrl scale` and `zoomrl stop` (any process joined to the same Ray cluster, e.g.
-another `ray job submit`) find it by name and record a request: the number of rollout actors
-wanted, or to stop after the current step. The driver reads the requests about once a second,
-acts on them and reports back what it holds. The control actor dies with the driver.
+Each run's driver starts one `RunControl` actor, named after the run directory's absolute path
+(unique: two runs never share a directory), in the `zoomrl` namespace. `zoomrl scale` and
+`zoomrl stop` (any process joined to the same Ray cluster, e.g. another `ray job submit`) find it
+by the directory's name or path and record a request: the number of rollout actors wanted, or to
+stop after the current step. The driver reads the requests about once a second, acts on them and
+reports back what it holds. The control actor dies with the driver.
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import ray
 
@@ -58,29 +60,37 @@ class RunControl:
         return self.status
 
 
-def start_control(run_name: str, rollout_workers: int):
-    """The control actor of this run (an ActorHandle), registered under its name."""
-    return RunControl.options(name=NAME_PREFIX + run_name, namespace=NAMESPACE).remote(rollout_workers)
+def start_control(run_dir: Path, rollout_workers: int):
+    """The control actor of this run (an ActorHandle), registered under its directory's path."""
+    name = NAME_PREFIX + str(Path(run_dir).resolve())
+    return RunControl.options(name=name, namespace=NAMESPACE).remote(rollout_workers)
 
 
 def running_runs() -> list[str]:
-    """Names of the runs with a live driver on the connected cluster."""
+    """Run directories (absolute paths) of the runs with a live driver on the connected cluster."""
     return sorted(actor["name"].removeprefix(NAME_PREFIX)
                   for actor in ray.util.list_named_actors(all_namespaces=True)
                   if actor["namespace"] == NAMESPACE and actor["name"].startswith(NAME_PREFIX))
 
 
-def find_control(run_name: str | None):
-    """The control actor of `run_name`, or of the only run on the cluster when None."""
+def find_control(run: str | None):
+    """The control actor of the run whose directory is `run` (its name, or its path when two runs
+    share a name), or of the only run on the cluster when None; returns (actor, run directory)."""
     runs = running_runs()
-    if run_name is None:
-        if len(runs) != 1:
-            found = ", ".join(runs) if runs else "none"
+    if run is None:
+        matches = runs
+    else:
+        matches = ([r for r in runs if Path(r).name == run]
+                   or [r for r in runs if r == str(Path(run).resolve())])
+    if len(matches) != 1:
+        found = ", ".join(runs) if runs else "none"
+        if run is None:
             raise LookupError(f"name the run with --run: {len(runs)} running zoomrl runs found ({found})")
-        run_name = runs[0]
-    elif run_name not in runs:
-        raise LookupError(f"no running zoomrl run named '{run_name}' (running: {', '.join(runs) or 'none'})")
-    return ray.get_actor(NAME_PREFIX + run_name, namespace=NAMESPACE), run_name
+        if not matches:
+            raise LookupError(f"no running zoomrl run named '{run}' (running: {found})")
+        raise LookupError(f"{len(matches)} running zoomrl runs are named '{run}': give its path "
+                          f"with --run ({', '.join(matches)})")
+    return ray.get_actor(NAME_PREFIX + matches[0], namespace=NAMESPACE), matches[0]
 
 
 def wait_for_rollout_workers(control, count: int, timeout_s: float, on_status=lambda status: None

@@ -16,6 +16,16 @@ replacement for each one dropped.
 The number of rollout actors can change while the run goes (`zoomrl scale`, zoomrl/control.py):
 the loop reads the wanted number about once a second and resizes the pool without waiting.
 `zoomrl stop` ends the run after the step in progress, with a checkpoint to resume from.
+
+A judge outage: a group whose reward task failed on the LLM judge after all its retries is
+requested again under the same id, after reward.judge.group_backoff_s (doubled each time), at
+most reward.judge.group_retries times; past that the run saves a checkpoint and ends with a
+JudgeError naming the judge (`zoomrl train --resume` continues once it answers).
+
+A resume continues the run's logs: rows of metrics.jsonl and trajectories.jsonl past the resumed
+step (written after the last checkpoint by the run that died) move to
+`<log>.before-resume-<step>`, and the counters (queue, dropped and re-requested groups) go on
+from the checkpoint's values.
 """
 
 from __future__ import annotations
@@ -23,47 +33,71 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import ray
 
 from learner.group import LearnerGroup
+from rewards import JudgeError
 from zoomrl.cluster import start_ray
-from zoomrl.config import Config
+from zoomrl.config import Config, save_config
 from zoomrl.control import PoolStatus, start_control
 from zoomrl.data import read_samples
 from zoomrl.figures import step_figures
 from zoomrl.metrics import METRICS_BY_NAME, DriverMetrics
-from zoomrl.queue import QueuedGroup, ReplayQueueActor
+from zoomrl.queue import QueuedGroup, QueueStats, ReplayQueueActor
 from zoomrl.records import trajectory_record
 from zoomrl.rollout_pool import RolloutPool
-from zoomrl.run_setup import prepare_inputs
+from zoomrl.run_setup import new_run_dir, prepare_inputs, set_aside_rows_after
 from zoomrl.stream import PromptStream, StreamPosition
 from zoomrl.types import GroupSummary, Sample
 
 CONTROL_POLL_S = 1.0
 
 
+@dataclass
+class JudgeWait:
+    """A group whose reward task failed on the judge, waiting to be requested again."""
+
+    sample: Sample
+    group_id: str
+    due: float
+    """time.monotonic() from which it is requested again."""
+
+
 class Driver:
     """Owns the actors of one run and the loop that connects them."""
 
-    def __init__(self, cfg: Config, run_dir: Path, resume: bool = False) -> None:
-        self.cfg, self.run_dir = cfg, Path(run_dir)
-        self.checkpoint_dir = self.run_dir / "checkpoints"
+    def __init__(self, cfg: Config, run_dir: Path | None = None, resume: bool = False) -> None:
+        """run_dir None: a new run directory, made only once the model, the data (every row
+        checked) and the metrics port are in hand, so a refused start leaves nothing behind.
+        resume: continue the run in run_dir from its latest checkpoint."""
+        self.cfg = cfg
         inputs = prepare_inputs(cfg)
         self.samples = {s.id: s for s in read_samples(inputs.train_files, cfg.data.max_decoded_pixels)}
-        self.ray_info = start_ray(cfg)
         self.metrics = DriverMetrics(cfg.metrics.host, cfg.metrics.port)
+        self.run_dir = Path(run_dir) if run_dir is not None else new_run_dir(cfg)
+        self.checkpoint_dir = self.run_dir / "checkpoints"
+        self.ray_info = start_ray(cfg)
         self.queue = ReplayQueueActor.remote(cfg.queue.capacity_groups, cfg.queue.max_staleness)
         self.learner = LearnerGroup(cfg, inputs.model_path)
-        # dropped_groups: groups the queue dropped as too stale, over the whole run (resumes included)
-        position, pending, self.dropped_groups = StreamPosition(), [], 0
+        # Counters over the whole run, resumes included: groups the queue dropped as too stale,
+        # groups requested again after a judge failure, and the queue's own (a fresh queue
+        # counts from 0; `queue_carried` is where the checkpoint left them).
+        position, pending, self.dropped_groups, self.judge_reissued = StreamPosition(), [], 0, 0
+        self.queue_carried = QueueStats(0, 0, 0, 0, 0)
         if resume:
             state = self.learner.load_latest_checkpoint(self.checkpoint_dir)
             position = StreamPosition(**state.extra["stream"])
             pending = [(self.samples[sample_id], group_id) for sample_id, group_id in state.extra["pending"]]
             self.dropped_groups = state.extra.get("dropped_groups", 0)
+            self.judge_reissued = state.extra.get("judge_reissued_groups", 0)
+            if "queue" in state.extra:
+                self.queue_carried = QueueStats(**state.extra["queue"])
+            for moved in set_aside_rows_after(self.run_dir, self.learner.step):
+                print(f"resume: rows past step {self.learner.step} moved to {moved}", flush=True)
+            save_config(cfg, self.run_dir / "config.yaml")  # the overrides of this resume
         self.step = self.learner.step
         self.stream = PromptStream(list(self.samples.values()), cfg.data.shuffle, cfg.data.seed, position)
         self.retry: list[tuple[Sample, str]] = pending
@@ -78,19 +112,30 @@ class Driver:
             weights = self.learner.publish_weights(self.step)
             self.pool.update_weights(weights.version, weights.ref)
         self.sent_version = self.step
-        self.control = start_control(self.run_dir.name, cfg.rollout.num_workers)
+        self.control = start_control(self.run_dir, cfg.rollout.num_workers)
         self.next_control_poll = 0.0
         self.stop_requested = False
         self.checkpointed_step = self.step
         self.rollout_tokens, self.last_step_time = 0, time.perf_counter()
-        self.dropped_logged = 0
+        self.dropped_logged, self.judge_reissued_logged = self.queue_carried.dropped, self.judge_reissued
+        self.trained_groups = self.queue_carried.consumed
+        self.judge_retries: dict[str, int] = {}
+        """group id -> times it was requested again after a judge failure (until it comes back)."""
+        self.judge_waiting: list[JudgeWait] = []
+        self.judge_down: str | None = None
+        """Why the run stops: a group failed on the judge more than reward.judge.group_retries times."""
 
     # ---- requests ----
     def _next_request_step(self) -> int:
         return self.step + len(self.outstanding) // self.cfg.learner.prompts_per_step
 
     def _request_groups(self) -> None:
-        """Request groups for the coming steps, as far as the staleness bound allows."""
+        """Request groups for the coming steps, as far as the staleness bound allows, and again the
+        groups that failed on the judge once their wait is over (they count as outstanding)."""
+        now = time.monotonic()
+        for wait in [w for w in self.judge_waiting if w.due <= now]:
+            self.judge_waiting.remove(wait)
+            self.pool.submit(wait.sample, wait.group_id)
         while (self._next_request_step() < self.cfg.run.total_steps
                and self._next_request_step() <= self.sent_version + self.cfg.queue.max_staleness):
             sample, group_id = self.retry.pop(0) if self.retry else self.stream.next()
@@ -103,9 +148,31 @@ class Driver:
         for done in self.pool.poll(timeout_s):
             self.rollout_tokens += done.info.response_tokens
             self.summaries[done.info.group_id] = done.info.summary
+            self.judge_retries.pop(done.info.group_id, None)
             queued = QueuedGroup(done.ref, done.info.policy_version, done.info.group_id)
             ray.get(self.queue.put.remote(queued))
+        failed, self.pool.judge_failures = self.pool.judge_failures, []
+        for request, error in failed:
+            self._judge_failed(request.sample, request.group_id, error)
         self._forget_dropped()
+
+    def _judge_failed(self, sample: Sample, group_id: str, error: Exception) -> None:
+        """Request the group again after a backoff, or mark the run to stop when this group has
+        had all its re-requests: the judge is down, not blinking."""
+        judge = self.cfg.reward.judge
+        retries = self.judge_retries.get(group_id, 0)
+        reason = _root_cause(error)
+        if retries >= judge.group_retries:
+            self.judge_down = (f"the judge at {judge.base_url} stayed down: group {group_id} failed on it "
+                               f"{retries + 1} times (reward.judge.group_retries={judge.group_retries}); "
+                               f"last error: {reason}")
+            return
+        delay = judge.group_backoff_s * 2 ** retries
+        self.judge_retries[group_id] = retries + 1
+        self.judge_reissued += 1
+        self.judge_waiting.append(JudgeWait(sample, group_id, time.monotonic() + delay))
+        print(f"judge failed on group {group_id} ({reason}); requesting it again in {delay:.0f}s "
+              f"({retries + 1}/{judge.group_retries})", flush=True)
 
     def _forget_dropped(self) -> None:
         for group_id in ray.get(self.queue.take_dropped_ids.remote()):
@@ -132,6 +199,7 @@ class Driver:
         groups = [self.summaries.pop(item.group_id) for item in batch]
         for item in batch:
             self.outstanding.pop(item.group_id, None)
+        self.trained_groups += len(batch)
         learner_figures = self.learner.train_step([item.ref for item in batch], groups)
         version = self.learner.step
         sync_start = time.perf_counter()
@@ -140,7 +208,7 @@ class Driver:
             self.pool.update_weights(version, weights.ref, wait=False)  # engines load while we go on
             self.sent_version = version
         sync_s = time.perf_counter() - sync_start
-        queue_stats = ray.get(self.queue.stats.remote())
+        queue_stats = self._queue_stats()
         now = time.perf_counter()
         figures = step_figures(groups, self.step, self.cfg.reward)  # staleness against the pre-update version
         figures.update({k: v for k, v in learner_figures.items() if k in METRICS_BY_NAME})
@@ -159,10 +227,13 @@ class Driver:
              groups: list[GroupSummary]) -> None:
         """The endpoint's metrics, a line of metrics.jsonl, and a few trajectories to read later."""
         dropped_now, self.dropped_logged = queue_stats.dropped - self.dropped_logged, queue_stats.dropped
+        judge_now, self.judge_reissued_logged = (self.judge_reissued - self.judge_reissued_logged,
+                                                 self.judge_reissued)
         self.metrics.record({k: v for k, v in figures.items() if k in METRICS_BY_NAME}
-                            | {"dropped_groups": dropped_now})
+                            | {"dropped_groups": dropped_now, "judge_reissued_groups": judge_now})
         record = {"step": self.step, "time": time.time(), **figures, "learner": learner_figures,
                   "queue": asdict(queue_stats), "reissued_groups": self.pool.reissued,
+                  "judge_reissued_groups": self.judge_reissued,
                   "batch": [{"group_id": item.group_id, "policy_version": item.policy_version}
                             for item in batch]}
         with open(self.run_dir / "metrics.jsonl", "a") as sink:
@@ -184,17 +255,29 @@ class Driver:
         self._forget_dropped()  # the queue may have dropped groups since the last collect
         pending = [(sample.id, group_id) for sample, group_id in self.retry]
         pending += [(sample_id, group_id) for group_id, sample_id in self.outstanding.items()]
+        # The queue counters a resume starts from: groups trained and dropped. Groups still queued,
+        # or taken for a step that never ran, are pending and counted when they come back.
+        queue = QueueStats(self.trained_groups + self.dropped_groups, self.trained_groups,
+                           self.dropped_groups, 0, self._queue_stats().max_staleness_seen)
         extra = {"stream": asdict(self.stream.position), "pending": pending,
-                 "dropped_groups": self.dropped_groups}
+                 "dropped_groups": self.dropped_groups, "judge_reissued_groups": self.judge_reissued,
+                 "queue": asdict(queue)}
         self.learner.save_checkpoint(self.checkpoint_dir, self.step, extra)
         self.checkpointed_step = self.step
+
+    def _queue_stats(self) -> QueueStats:
+        """The queue's counters over the whole run: this process's queue plus the checkpoint's."""
+        now, carried = ray.get(self.queue.stats.remote()), self.queue_carried
+        return QueueStats(carried.produced + now.produced, carried.consumed + now.consumed,
+                          carried.dropped + now.dropped, now.depth,
+                          max(carried.max_staleness_seen, now.max_staleness_seen))
 
     # ---- the run ----
     def run(self, on_step: Callable[[dict], None] = lambda figures: None) -> dict:
         """Train until run.total_steps policy updates are done (or `zoomrl stop`); on_step sees each
-        step's figures."""
+        step's figures. Raises JudgeError, after a checkpoint, when the judge stays down."""
         batch_ref = None
-        while self.step < self.cfg.run.total_steps and not self.stop_requested:
+        while self.step < self.cfg.run.total_steps and not self.stop_requested and not self.judge_down:
             self._follow_control()
             self._request_groups()
             self._collect(timeout_s=0.05)
@@ -205,6 +288,11 @@ class Driver:
                 batch_ref = None
         if self.checkpointed_step != self.step:
             self._checkpoint()
+        if self.judge_down:
+            resume = (f"checkpoint at step {self.step}: once the judge answers, continue with "
+                      f"zoomrl train --resume {self.run_dir}" if self.step else
+                      "no step was trained yet: start again once the judge answers")
+            raise JudgeError(f"{self.judge_down}. {resume}")
         return {"steps": self.step, "run_dir": str(self.run_dir), "stopped": self.stop_requested}
 
     def close(self) -> None:
@@ -212,3 +300,10 @@ class Driver:
         self.pool.shutdown()
         self.learner.shutdown()
         self.metrics.close()
+
+
+def _root_cause(error: BaseException) -> str:
+    """The original error's one-line message (a RayTaskError wraps it with a traceback)."""
+    while isinstance(getattr(error, "cause", None), BaseException):
+        error = error.cause
+    return f"{type(error).__name__}: {error}"

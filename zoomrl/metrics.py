@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
 
+from zoomrl.config import ConfigError
+
 
 @dataclass(frozen=True)
 class MetricSpec:
@@ -28,9 +30,12 @@ METRICS: tuple[MetricSpec, ...] = (
     MetricSpec("reward_mean", "gauge", "Mean total reward."),
     MetricSpec("reward_acc", "gauge", "Mean weighted accuracy part of the reward."),
     MetricSpec("reward_format", "gauge", "Mean weighted format part of the reward (0 or negative)."),
-    MetricSpec("reward_tool", "gauge", "Mean weighted (and gated) tool bonus."),
+    MetricSpec("reward_tool", "gauge", "Mean weighted (and gated) tool bonus: earned by a successful "
+               "call of a tool in `reward.bonus_tools` (the zoom-in tool by default)."),
     MetricSpec("tool_calls_per_trajectory", "gauge", "Mean tool calls per trajectory (failed ones too)."),
-    MetricSpec("tool_errors_per_trajectory", "gauge", "Mean failed tool calls per trajectory."),
+    MetricSpec("tool_errors_per_trajectory", "gauge",
+               "Mean failed tool calls per trajectory (a call that would give back the image the "
+               "model already had, such as a zoom on the whole image, is one)."),
     MetricSpec("zoom_share", "gauge", "Share of trajectories with at least one successful crop."),
     MetricSpec("response_tokens", "gauge", "Mean tokens the policy generated per trajectory."),
     MetricSpec("grounding_iou", "gauge",
@@ -54,6 +59,9 @@ METRICS: tuple[MetricSpec, ...] = (
     MetricSpec("policy_staleness", "gauge",
                "Mean versions between the learner and the policy that produced its batch."),
     MetricSpec("dropped_groups", "counter", "Groups dropped for staleness, in total."),
+    MetricSpec("judge_reissued_groups", "counter",
+               "Groups requested again because their reward task failed on the LLM judge after "
+               "all its retries, in total (at most reward.judge.group_retries times per group)."),
     MetricSpec("weight_sync_seconds", "gauge", "Seconds to publish the weights and send them to the "
                "engines (they load them while the next step runs)."),
     MetricSpec("step_seconds", "gauge", "Wall time of the step."),
@@ -72,7 +80,12 @@ class DriverMetrics:
         for spec in METRICS:
             cls = Counter if spec.kind == "counter" else Gauge
             self._metrics[spec.name] = cls(PREFIX + spec.name, spec.description, registry=self.registry)
-        self._server, self._thread = start_http_server(port, addr=host, registry=self.registry)
+        try:
+            self._server, self._thread = start_http_server(port, addr=host, registry=self.registry)
+        except OSError as err:
+            raise ConfigError(f"metrics.port={port}: cannot serve metrics on {host}:{port} "
+                              f"({err.strerror}; another run on this machine?); metrics.port=0 "
+                              "takes a free port") from None
         self.host, self.port = host, self._server.server_port
 
     @property

@@ -69,6 +69,8 @@ class RolloutSession:
                     group = ray.get(done.ref)
                     self.response_tokens += sum(t.num_sampled_tokens for t in group.trajectories)
                     yield group
+                if pool.judge_failures:  # only training requests such groups again (driver.py)
+                    raise pool.judge_failures[0][1]
         finally:
             self.generate_s += time.perf_counter() - start
 

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from zoomrl.config import Config, save_config
+from zoomrl.data import check_data_files
 from zoomrl.synth import write_synthetic
 from zoomrl.tiny import ensure_model
 
@@ -35,12 +37,11 @@ def synthetic_data_dir(cfg: Config) -> Path:
 
 
 def ensure_data(cfg: Config) -> tuple[list[str], list[str]]:
-    """Train and test parquet files; builds (once) the synthetic set when none are configured."""
+    """Train and test files (checked: they exist and have a layout zoomrl reads); builds (once)
+    the synthetic set when none are configured."""
+    check_data_files(list(cfg.data.train_files), "data.train_files")
+    check_data_files(list(cfg.data.test_files), "data.test_files")
     if cfg.data.train_files:
-        missing = [f for f in list(cfg.data.train_files) + list(cfg.data.test_files)
-                   if not Path(f).is_file()]
-        if missing:
-            raise FileNotFoundError(f"data file(s) not found: {', '.join(missing)}")
         return list(cfg.data.train_files), list(cfg.data.test_files)
     out = synthetic_data_dir(cfg)
     train, test = out / "train.parquet", out / "test.parquet"
@@ -51,15 +52,58 @@ def ensure_data(cfg: Config) -> tuple[list[str], list[str]]:
 
 
 def new_run_dir(cfg: Config) -> Path:
-    """A fresh run directory `runs_dir/name-YYYYmmdd-HHMMSS[-k]`, with the resolved config saved."""
+    """A fresh run directory `runs_dir/name-YYYYmmdd-HHMMSS[-k]`, with the resolved config saved.
+
+    Runs started in the same second (a sweep) each get their own: creating the folder is the
+    claim, so two processes never take the same name.
+    """
     stamp = time.strftime("%Y%m%d-%H%M%S")
     base = Path(cfg.run.runs_dir) / f"{cfg.run.name}-{stamp}"
+    base.parent.mkdir(parents=True, exist_ok=True)
     run_dir, k = base, 1
-    while run_dir.exists():
-        run_dir, k = Path(f"{base}-{k}"), k + 1
-    run_dir.mkdir(parents=True)
+    while True:
+        try:
+            run_dir.mkdir()
+            break
+        except FileExistsError:
+            run_dir, k = Path(f"{base}-{k}"), k + 1
     save_config(cfg, run_dir / "config.yaml")
     return run_dir
+
+
+STEP_LOGS = ("metrics.jsonl", "trajectories.jsonl")
+"""The run directory's per-step logs: JSON lines, each with its `step`."""
+
+
+def set_aside_rows_after(run_dir: Path, step: int) -> list[Path]:
+    """On resume from `step`: move the rows of the step logs past it (written by the run that died
+    after its last checkpoint; their steps are trained again) to `<log>.before-resume-<step>`, so
+    each step has one row again. Returns the files rows were moved to."""
+    moved = []
+    for name in STEP_LOGS:
+        log = run_dir / name
+        if not log.is_file():
+            continue
+        lines = log.read_text().splitlines(keepends=True)
+        later = [line for line in lines if _row_step(line) > step]
+        if not later:
+            continue
+        aside = run_dir / f"{name}.before-resume-{step}"
+        with open(aside, "a") as sink:
+            sink.writelines(later)
+        kept = log.with_suffix(".jsonl.tmp")
+        kept.write_text("".join(line for line in lines if _row_step(line) <= step))
+        kept.replace(log)  # atomic: a crash leaves the old log or the new one, never half of it
+        moved.append(aside)
+    return moved
+
+
+def _row_step(line: str) -> float:
+    """The step of a log row; a row cut short by a killed process counts as past every step."""
+    try:
+        return json.loads(line)["step"]
+    except (ValueError, KeyError, TypeError):
+        return math.inf
 
 
 def prepare_inputs(cfg: Config) -> RunInputs:

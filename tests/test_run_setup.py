@@ -1,0 +1,73 @@
+"""The run directory: made only for a start whose inputs are valid, one per run even when runs
+start together, and its step logs set straight on resume."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import threading
+
+from zoomrl.config import load_config
+from zoomrl.run_setup import new_run_dir, set_aside_rows_after
+
+
+def train(tmp_path, *overrides: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "zoomrl.cli", "train", f"run.runs_dir={tmp_path / 'runs'}",
+                           *overrides], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+
+
+def test_a_missing_data_file_leaves_no_run_directory(tmp_path):
+    result = train(tmp_path, f"data.train_files=[{tmp_path / 'nope.parquet'}]")
+    assert result.returncode == 2
+    assert "nope.parquet" in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_taken_metrics_port_is_one_line_naming_the_key_and_leaves_no_run_directory(tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = train(tmp_path, f"metrics.port={port}", "data.synth.n_train=8", "data.synth.n_test=2",
+                       "data.synth.image_size=512")
+    assert result.returncode == 2, result.stderr[-2000:]
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith(f"zoomrl: error: metrics.port={port}: ") and "metrics.port=0" in line
+    assert not (tmp_path / "runs").exists()
+
+
+def test_runs_started_in_the_same_second_get_their_own_directories(tmp_path):
+    cfg = load_config("tiny-cpu", [f"run.runs_dir={tmp_path}"])
+    start, made = threading.Barrier(8), []
+
+    def make() -> None:
+        start.wait()
+        made.append(new_run_dir(cfg))
+
+    threads = [threading.Thread(target=make) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(made) == 8 and len(set(made)) == 8
+    assert all((run_dir / "config.yaml").is_file() for run_dir in made)
+
+
+def test_resume_sets_aside_the_rows_past_the_checkpoint(tmp_path):
+    rows = [{"step": s, "batch": [f"g{s}"]} for s in (1, 2, 3, 4)]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows)
+                                            + '{"step": 5, "ba')  # a row cut by the kill
+    (tmp_path / "trajectories.jsonl").write_text(
+        "".join(json.dumps({"step": s, "index": i}) + "\n" for s in (1, 2, 3) for i in range(2)))
+    moved = set_aside_rows_after(tmp_path, 2)
+    assert sorted(p.name for p in moved) == ["metrics.jsonl.before-resume-2",
+                                             "trajectories.jsonl.before-resume-2"]
+    kept = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert kept == rows[:2]
+    aside = (tmp_path / "metrics.jsonl.before-resume-2").read_text().splitlines()
+    assert [json.loads(line)["step"] for line in aside[:2]] == [3, 4] and aside[2] == '{"step": 5, "ba'
+    steps = [json.loads(line)["step"] for line in (tmp_path / "trajectories.jsonl").read_text().splitlines()]
+    assert steps == [1, 1, 2, 2]
+    assert set_aside_rows_after(tmp_path, 2) == []  # nothing past step 2 any more
