@@ -39,7 +39,7 @@ from PIL import Image
 
 from rewards.choices import choice_index
 from zoomrl.images import ImageError, decode_image
-from zoomrl.options import OPTION_LETTERS, option_blocks, option_lines, text_before_options
+from zoomrl.options import OPTION_LETTERS, option_blocks, render_options, text_before_options
 from zoomrl.types import Sample
 
 REQUIRED_COLUMNS = ("data_source", "prompt", "images", "reward_model")
@@ -465,7 +465,7 @@ def read_samples(paths: str | Path | list[str | Path],
 
 def multiple_choice_prompt(question: str, choices: list[str]) -> str:
     """The user turn of a multiple-choice row: image, question, 'A. text' lines, instruction."""
-    return (f"{IMAGE_PLACEHOLDER}\n{question}\n{option_lines(choices)}\n"
+    return (f"{IMAGE_PLACEHOLDER}\n{question}\n{render_options(choices)}\n"
             "Answer with the option's letter from the given choices directly.")
 
 

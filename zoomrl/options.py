@@ -72,13 +72,9 @@ def option_blocks(text: str) -> list[OptionBlock]:
 
 
 def render_options(options: list[str], style: str = OPTION_STYLES[1]) -> str:
-    """The option lines of `options` in `style` ('A. red\\nB. blue' by default)."""
+    """The option lines of `options` in `style`; the default ('A. red\\nB. blue') is how zoomrl
+    lists options in the prompts it writes."""
     return "\n".join(style.format(letter=LETTERS[i], text=text) for i, text in enumerate(options))
-
-
-def option_lines(choices: list[str]) -> str:
-    """'A. red\\nB. blue...': how zoomrl lists options in the prompts it writes."""
-    return render_options(choices)
 
 
 def text_before_options(text: str, block: OptionBlock) -> str:
