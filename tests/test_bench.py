@@ -12,7 +12,7 @@ import jinja2
 import pytest
 
 from bench.__main__ import CASES, build_parser, main
-from bench.cases import async_vs_sync, rollout, vs_trl, weight_sync
+from bench.cases import async_vs_sync, gpu, rollout, vs_trl, weight_sync
 from bench.common import spread
 from zoomrl.config import load_config
 
@@ -95,3 +95,24 @@ def test_pipeline_view_of_steps():
     assert steps[1]["rollout_idle_s"] == pytest.approx(1.0)
     assert steps[1]["learner_idle_s"] == pytest.approx(1.0)
     assert spread([3.0, 1.0, 2.0]) == {"median": 2.0, "min": 1.0, "max": 3.0, "n": 3}
+
+
+def test_gpu_case_runs_its_cpu_parts(tmp_path):
+    """Without CUDA the one-GPU check builds the 7B config (exactly the published parameter count),
+    runs the FLOPs arithmetic, trains the tiny model once on the CPU, and says what it skipped."""
+    import torch
+
+    out = tmp_path / "gpu.json"
+    assert main(["gpu", "--out", str(out)]) == 0
+    figures = json.loads(out.read_text())["figures"]
+    counts = figures["parameters"]
+    assert counts["total"] == gpu.PUBLISHED_PARAMETERS and counts["lm_head"] == 3584 * 152064
+    # 6 x (decoder + lm_head) per token is the floor; attention and the vision tower add to it
+    tokens = 16 * 2000
+    assert 6 * (counts["decoder"] + counts["lm_head"]) * tokens < figures["example_flops"]["model_flops"]
+    assert figures["example_flops"]["model_flops"] < 1.5 * 6 * counts["total"] * tokens
+    dry = figures["cpu_dry_run"]
+    assert dry["learner_tokens_per_s"] > 0 and dry["model_flops_per_s"] > 0 and dry["peak_memory_bytes"] > 0
+    if not torch.cuda.is_available():
+        assert figures["skipped"] == dict.fromkeys(gpu.STAGES, "no CUDA device")
+    assert gpu.peak_flops("NVIDIA H200") == 989e12 and gpu.peak_flops("Some GPU") is None

@@ -98,3 +98,49 @@ def test_split_over_micro_batches_sums_to_the_whole():
         parts = sum(grpo_loss(logprobs[i:i + 1], old[i:i + 1], adv[i:i + 1], mask[i:i + 1], first_seq,
                               loss_agg=agg, **kwargs)[0] for i in range(2))
         assert torch.allclose(whole, parts, atol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def policy_and_batch(tiny_model_path, tiny_cfg):
+    """The tiny policy as the learner loads it and one packed row of two small trajectories."""
+    import numpy as np
+    from trajectories import build_trajectory
+    from transformers import AutoImageProcessor, AutoProcessor
+
+    from learner.batching import TrainItem, collate
+    from learner.model import load_policy
+
+    processor = AutoProcessor.from_pretrained(tiny_model_path)
+    size = {"shortest_edge": tiny_cfg.model.min_pixels, "longest_edge": tiny_cfg.model.max_pixels}
+    image_processor = AutoImageProcessor.from_pretrained(tiny_model_path, size=size)
+    rng = np.random.default_rng(0)
+    trajs = [build_trajectory(processor, rng, image_hw=(56, 84), crop_hw=crop, turn_tokens=(40, 30))
+             for crop in ((56, 56), None)]
+    model = load_policy(tiny_model_path)
+    return model, collate([TrainItem(t, 1.0, str(i)) for i, t in enumerate(trajs)], image_processor, model)
+
+
+def test_chunked_logprobs_equal_full_vocabulary_ones(policy_and_batch):
+    """Chunked log-probs (lm_head on 37 positions at a time, each chunk recomputed in backward):
+    the same log-probs, entropies and gradients as the full-vocabulary computation, to 1e-6, at a
+    temperature other than 1 (at 1, the division is skipped; every other log-prob test runs there)."""
+    temperature = 0.7
+    from bench.cases.learner import full_vocabulary_logprobs  # token_logprobs before chunking
+    from learner.model import token_logprobs
+
+    model, batch = policy_and_batch
+    weights = torch.randn(batch.input_ids.shape, generator=torch.Generator().manual_seed(0))
+    results = []
+    for compute in (lambda: full_vocabulary_logprobs(model, batch, temperature),
+                    lambda: token_logprobs(model, batch, temperature, with_entropy=True, chunk_tokens=37)):
+        model.zero_grad(set_to_none=True)
+        logprobs, entropy = compute()
+        (logprobs * weights).sum().backward()
+        results.append((logprobs.detach(), entropy, {n: p.grad.clone() for n, p in model.named_parameters()}))
+    (want, want_entropy, want_grads), (got, got_entropy, got_grads) = results
+    assert batch.input_ids.shape[1] > 3 * 37  # several chunks and a ragged last one
+    assert torch.allclose(got, want, atol=1e-6, rtol=0)
+    assert torch.allclose(got_entropy, want_entropy, atol=1e-6, rtol=0)
+    assert not got_entropy.requires_grad
+    for name, grad in want_grads.items():
+        assert torch.allclose(got_grads[name], grad, atol=1e-6 * float(grad.abs().max()) + 1e-9), name

@@ -17,6 +17,8 @@ from trajectories import make_groups
 from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
 
 import learner.worker
+from learner.attention import packed_attention, packed_sdpa_attention
+from zoomrl.config import ConfigError, load_config
 
 pytestmark = pytest.mark.slow
 
@@ -143,3 +145,61 @@ def test_rendezvous_and_gloo_listen_on_loopback_only(tiny_model_path, monkeypatc
         opened = listening(os.getpid()) - before
     assert len(opened) >= 2  # the store, and gloo's
     assert all(ipaddress.ip_address(address).is_loopback for address, _ in opened), opened
+
+
+def test_offload_is_refused_for_cpu_ranks():
+    """learner.offload moves state off the GPU: with CPU ranks there is nothing to move."""
+    with pytest.raises(ConfigError, match="learner.offload=true .* learner.num_gpus_per_rank=0"):
+        load_config("tiny-cpu", ["learner.num_gpus_per_rank=0", "learner.offload=true"])
+    assert load_config("tiny-cpu", ["learner.num_gpus_per_rank=1", "learner.offload=true"]).learner.offload
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_gpu_offload_keeps_state_on_cpu_and_trains_the_same(tiny_model_path, groups):
+    """With learner.offload the parameter shards, gradients and AdamW state stay on the CPU, and
+    the update equals the one without (same bf16 compute; the AdamW step runs on CPU instead)."""
+    gpu = ["learner.num_gpus_per_rank=1", "learner.mixed_precision=true", "learner.lr=1e-3"]
+    runs = {}
+    for offload in (False, True):
+        with local_worker(tiny_model_path, *gpu, f"learner.offload={offload}") as worker:
+            metrics = worker.train_step([shard_of(worker, groups, 500)])
+            state = [t for per_param in worker.optimizer.state.values() for t in per_param.values()
+                     if isinstance(t, torch.Tensor) and t.dim() > 0]
+            local = [t.to_local() for t in [*worker.model.parameters(), *state]]
+            runs[offload] = metrics, {t.device.type for t in local}, worker.snapshot()[0]
+    (plain, plain_devices, plain_weights), (offloaded, devices, weights) = runs[False], runs[True]
+    assert plain_devices == {"cuda"} and devices == {"cpu"}
+    assert offloaded["loss"] == pytest.approx(plain["loss"], rel=1e-3)
+    assert offloaded["grad_norm"] == pytest.approx(plain["grad_norm"], rel=1e-2)
+    for name, value in plain_weights.items():
+        assert torch.allclose(weights[name].float(), value.float(), atol=1e-5), name
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("causal", [True, False])
+def test_gpu_varlen_attention_equals_per_sequence_sdpa(causal):
+    """On CUDA in bf16, packed rows (decoder: causal per sequence; vision: bidirectional per
+    window) take one varlen flash call; output and gradients match SDPA run per sequence."""
+    torch.manual_seed(0)
+    lengths = [5, 1, 130, 3, 64]
+    total = sum(lengths)
+    positions = torch.cat([torch.arange(n) for n in lengths])[None].cuda()
+    cu_seqlens = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()], dtype=torch.int32).cuda()
+    module = torch.nn.Module()
+    module.is_causal, module.num_key_value_groups = causal, 2
+    bounds = ({"position_ids": positions} if causal
+              else {"cu_seq_lens_q": cu_seqlens, "cu_seq_lens_k": cu_seqlens, "max_length_q": 130})
+    base = [torch.randn(1, heads, total, 64) for heads in (4, 2, 2)]  # query, key, value
+    results = []
+    for attend in (packed_attention, packed_sdpa_attention):
+        inputs = [t.cuda().bfloat16().requires_grad_() for t in base]
+        out, _ = attend(module, *inputs, None, scaling=0.125, **bounds)
+        out.float().square().sum().backward()
+        results.append((out.float(), [t.grad.float() for t in inputs]))
+    (got, got_grads), (want, want_grads) = results
+    assert got.shape == (1, total, 4, 64)
+    assert torch.allclose(got, want, atol=2e-2, rtol=2e-2)
+    for g, w in zip(got_grads, want_grads, strict=True):
+        assert torch.allclose(g, w, atol=5e-2, rtol=5e-2)

@@ -11,6 +11,11 @@ warm-up update, then --steps timed updates. Figures come from the learner's own 
 and the driver's wall time around `train_step` (the difference is planning plus Ray transfer), and
 the bytes per update the driver holds (the groups' summaries) against the groups' own bytes, which
 go from the object store straight to the ranks.
+
+Log-prob memory (`--logprob-lengths`, `logprob_memory`): peak memory of one update of ONE long
+sequence on the tiny model widened to Qwen's 152,064-token vocabulary, with the full-vocabulary
+log-probs `token_logprobs` computed before (the "before" figure) and chunked (after), each run in
+a fresh process; the goal is a peak that grows with the chunk, not with length x vocabulary.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from __future__ import annotations
 import argparse
 import pickle
 import time
+from pathlib import Path
 
 import numpy as np
 from omegaconf import OmegaConf
@@ -35,6 +41,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--groups", type=int, default=4, help="groups of rollout.n trajectories per update")
     parser.add_argument("--steps", type=int, default=3, help="timed updates per rank count")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--logprob-lengths", type=int, nargs="*", default=[1024, 2048],
+                        help="sequence lengths of the log-prob memory runs (none: skip them)")
+    parser.add_argument("--logprob-chunks", type=int, nargs="+", default=None,
+                        help="chunk sizes measured beside the full-vocabulary reference (default: "
+                             "learner.model.LOGPROB_CHUNK_TOKENS and 256)")
+    parser.add_argument("--no-ranks", action="store_true", help="skip the learner-group runs")
 
 
 def make_groups(model_path: str, num_groups: int, n: int, seed: int) -> list:
@@ -98,6 +110,25 @@ def run(args: argparse.Namespace, cfg: Config) -> Result:
     from zoomrl.tiny import ensure_model
 
     model_path = ensure_model(cfg.model)
+    figures: dict = {}
+    parts: list[str] = []
+    notes: list[str] = []
+    if not args.no_ranks:
+        figures, parts, notes = _ranks(args, cfg, model_path)
+    if args.logprob_lengths:
+        from learner.model import LOGPROB_CHUNK_TOKENS
+
+        chunks = args.logprob_chunks or [LOGPROB_CHUNK_TOKENS, 256]
+        figures["logprob_memory"] = memory = logprob_memory(model_path, args.logprob_lengths, chunks)
+        parts.append("log-prob update peak (MiB) " + ", ".join(
+            f"L={r['length']} {r['path']}{'' if r['chunk_tokens'] is None else r['chunk_tokens']}: "
+            f"{r['peak_bytes'] / 2**20:.0f}" for r in memory["runs"]))
+        notes.append("logprob_memory: " + memory["method"])
+    return Result(figures, "; ".join(parts), notes)
+
+
+def _ranks(args: argparse.Namespace, cfg: Config, model_path: str) -> tuple[dict, list[str], list[str]]:
+    """The learner-group runs at each rank count: (figures, summary parts, notes)."""
     groups = make_groups(model_path, args.groups, cfg.rollout.n, args.seed)
     start_ray(OmegaConf.merge(cfg, {"learner": {"num_ranks": max(args.ranks)}}))
     per_ranks = [measure_ranks(cfg, model_path, groups, ranks, args.steps) for ranks in args.ranks]
@@ -126,4 +157,96 @@ def run(args: argparse.Namespace, cfg: Config) -> Result:
                      f"{GOAL_SHARDING}: {met})")
     notes = ["Peak memory on CPU is the process's peak RSS (runtime, libraries and activations "
              "included), so it does not halve with ranks; learner_state_bytes is the sharded part."]
-    return Result(figures, "; ".join(parts), notes)
+    return figures, parts, notes
+
+
+# --- log-prob memory: one update of one long sequence at Qwen's vocabulary size --------------
+
+QWEN_VOCAB = 152064  # Qwen2.5-VL's vocabulary (config.json vocab_size)
+
+
+def logprob_memory(model_path: str, lengths: list[int], chunks: list[int]) -> dict:
+    """Peak memory of one update (forward, backward, AdamW step) of one sequence of each length,
+    on the tiny model widened to Qwen's vocabulary: the full-vocabulary computation that
+    `token_logprobs` replaced, then chunked at each size. Each run is a fresh process."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    runs = [(length, chunk) for length in lengths for chunk in [None, *chunks]]
+    results = []
+    for length, chunk in runs:  # one process each: no run inherits another's heap
+        with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+            results.append(pool.submit(update_peak_bytes, model_path, length, chunk).result())
+    return {"vocab_size": QWEN_VOCAB, "runs": results,
+            "method": "peak RSS during the update minus RSS just before it (Linux: VmHWM reset "
+                      "through /proc/self/clear_refs); torch's CPU allocator returns tensors of "
+                      "this size to the system on free, so RSS follows the live tensors"}
+
+
+def update_peak_bytes(model_path: str, length: int, chunk_tokens: int | None) -> dict:
+    """In a fresh process: one update of a `length`-token text sequence (and the placeholder
+    image every micro-batch carries); chunk_tokens None = the full-vocabulary reference."""
+    import torch
+    from transformers import AutoConfig, AutoImageProcessor, Qwen2_5_VLForConditionalGeneration
+
+    from learner.batching import TrainItem, collate
+    from learner.model import token_logprobs, with_packed_attention
+    from zoomrl.types import Trajectory
+
+    torch.manual_seed(0)
+    config = AutoConfig.from_pretrained(model_path)
+    config.text_config.vocab_size = QWEN_VOCAB
+    model = with_packed_attention(Qwen2_5_VLForConditionalGeneration(config)).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-6)
+    image_processor = AutoImageProcessor.from_pretrained(model_path)
+
+    def batch_of(tokens: int):
+        ids = torch.randint(1000, QWEN_VOCAB, (tokens,)).numpy()  # above every special token id
+        traj = Trajectory(sample_id="s", group_id="g", input_ids=ids, loss_mask=np.ones(tokens, np.int8),
+                          behavior_logprobs=np.zeros(tokens, np.float32), images=[], policy_version=0,
+                          end_reason="answer", prompt_len=0)
+        return collate([TrainItem(traj, 1.0, "g/0")], image_processor, model)
+
+    def update(batch) -> None:
+        if chunk_tokens is None:
+            logprobs, _ = full_vocabulary_logprobs(model, batch, 1.0)
+        else:
+            logprobs, _ = token_logprobs(model, batch, 1.0, with_entropy=True, chunk_tokens=chunk_tokens)
+        (-(logprobs * batch.loss_mask).sum() / batch.loss_mask.sum()).backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    update(batch_of(64))  # AdamW state and first-call allocations, outside the measurement
+    batch = batch_of(length)
+    before = _status_kib("VmRSS")
+    Path("/proc/self/clear_refs").write_text("5")  # peak RSS := current RSS
+    start = time.perf_counter()
+    update(batch)
+    seconds = time.perf_counter() - start
+    peak = _status_kib("VmHWM")
+    return {"length": length, "chunk_tokens": chunk_tokens,
+            "path": "full" if chunk_tokens is None else "chunked",
+            "peak_bytes": (peak - before) * 1024, "logits_bytes_one_fp32_copy": 4 * length * QWEN_VOCAB,
+            "seconds": seconds}
+
+
+def full_vocabulary_logprobs(model, batch, temperature: float):
+    """token_logprobs as it was before chunking (the "before" figure): (1, L-1, V) fp32 logits,
+    their temperature copy, and the entropy's softmax."""
+    import torch
+
+    logits = model(input_ids=batch.input_ids, position_ids=batch.position_ids,
+                   pixel_values=batch.pixel_values, image_grid_thw=batch.image_grid_thw,
+                   use_cache=False).logits[:, :-1].float() / temperature
+    log_norm = logits.logsumexp(dim=-1)
+    logprobs = logits.gather(-1, batch.input_ids[:, 1:, None]).squeeze(-1) - log_norm
+    with torch.no_grad():
+        entropy = log_norm - (logits.softmax(dim=-1) * logits).sum(dim=-1)
+    pad = torch.nn.functional.pad
+    return pad(logprobs, (1, 0)), pad(entropy, (1, 0))
+
+
+def _status_kib(field: str) -> int:
+    """A field of /proc/self/status in KiB (VmRSS: resident now, VmHWM: peak since the last reset)."""
+    line = next(line for line in Path("/proc/self/status").read_text().splitlines() if line.startswith(field))
+    return int(line.split()[1])
