@@ -1,11 +1,12 @@
 import io
 
+import numpy as np
 import pytest
 from PIL import Image
 
 from zoomrl.config import load_config
 from zoomrl.images import smart_resize
-from zoomrl.synth import LETTERS, make_sample, write_synthetic
+from zoomrl.synth import KINDS, LETTERS, make_sample, write_synthetic
 
 
 def test_generator_is_deterministic():
@@ -50,3 +51,42 @@ def test_arguments_outside_the_data_synth_domains_are_refused_up_front(tmp_path)
         with pytest.raises(ValueError, match=message):
             write_synthetic(tmp_path / "out", *args)
     assert not (tmp_path / "out").exists()
+
+
+def test_kinds_and_clutter_choose_the_questions_and_the_distractors():
+    from zoomrl.synth import make_scene
+
+    assert make_sample(5, 1024, 0, "train") == make_sample(5, 1024, 0, "train", KINDS, 1.0)
+    for i in range(3):
+        _, sample, objects = make_scene(i, 1536, 0, "test", ["shape"], 0.25)
+        assert sample.extra["category"] == "shape"
+        assert 5 <= len(objects) <= 9  # the target and 4-8 distractors
+        target = objects[0]
+        assert [list(map(float, target.box))] == sample.gt_boxes
+        assert sum(o.color == target.color for o in objects) == 1  # the only object of its colour
+        assert sample.choices["ABCD".index(sample.answer)] == target.shape
+
+
+def test_mini_targets_are_unreadable_at_full_view_and_readable_in_a_zoom():
+    """The deepeyes-mini split: in the full view a target (24-40 px) is under half a 14 px patch
+    (its shape cannot be read), while the base's zoom on it (a box 2.5x its side, cut by the zoom
+    tool) is enlarged to the min_pixels budget and shows it over at least 3 patches."""
+    from tools import execute_tool, initial_view, parse_tool_call
+    from zoomrl.config import ToolsConfig
+    from zoomrl.synth import make_scene
+    from zoomrl.tiny_base import zoom_box, zoom_call
+
+    cfg = load_config("deepeyes-mini")
+    ci = load_config("deepeyes-mini-ci")
+    assert (ci.data.synth, ci.model.min_pixels, ci.model.max_pixels) == (
+        cfg.data.synth, cfg.model.min_pixels, cfg.model.max_pixels)
+    s = cfg.data.synth
+    for i in range(3):
+        image, sample, objects = make_scene(i, s.image_size, s.seed, "test", list(s.kinds), s.clutter)
+        view = initial_view(np.asarray(image), cfg.model, max_decoded_pixels=10**9)
+        assert view.width * view.height <= cfg.model.max_pixels
+        side = objects[0].box[2] - objects[0].box[0]
+        assert side / view.scale()[0] < 7  # under half a patch at full view
+        call = parse_tool_call(zoom_call(zoom_box(objects[0], view)))
+        crop = execute_tool(call, [view], ToolsConfig(), cfg.model).view
+        assert side / crop.scale()[0] >= 3 * 14  # three patches or more in the crop

@@ -15,7 +15,10 @@ the target then spans 30-90 px, several tokens.
 
 from __future__ import annotations
 
+import dataclasses
 import random
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -33,8 +36,19 @@ COLORS: dict[str, tuple[int, int, int]] = {
 }
 SHAPES = ("circle", "square", "triangle", "star", "diamond", "cross")
 POSITIONS = ("left", "right", "above", "below")
+KINDS = ("colour", "shape", "position")
 LETTERS = "ABCD"
 DATA_SOURCE = "synth_vstar"
+
+
+@dataclass(frozen=True)
+class SceneObject:
+    """One shape drawn in a synthetic image."""
+
+    shape: str
+    color: str
+    box: tuple[int, int, int, int]
+    """[x1, y1, x2, y2] in original pixels."""
 
 
 def _polygon(shape: str, box: tuple[int, int, int, int]) -> list[tuple[float, float]]:
@@ -113,14 +127,20 @@ def _check(argument: str, value: int, field: str) -> None:
         raise ValueError(f"{argument}={value!r}: {problem} (as data.synth.{field})")
 
 
-def make_sample(index: int, size: int, seed: int, split: str) -> Sample:
-    """One synthetic visual-search row; a pure function of (index, size, seed, split)."""
+def make_scene(index: int, size: int, seed: int, split: str, kinds: Sequence[str] = KINDS,
+               clutter: float = 1.0) -> tuple[Image.Image, Sample, list[SceneObject]]:
+    """One synthetic row before encoding: its image, the row (image bytes left empty) and every
+    object drawn, targets first; a pure function of its arguments.
+
+    `kinds` are the question kinds drawn from, `clutter` scales the number of distractors (1 =
+    30-60 on a 2048 px image, as many per area on others, at least 4).
+    """
     _check("size", size, "image_size")
     rng = random.Random(f"{seed}:{split}:{index}")
     image = _background(rng, size)
     draw = ImageDraw.Draw(image)
     taken: list[tuple[int, int, int, int]] = []
-    kind = rng.choice(["colour", "shape", "position"])
+    kind = rng.choice(list(kinds))
     target_shape, target_color = rng.choice(SHAPES), rng.choice(list(COLORS))
     targets = [(target_shape, target_color, _place(rng, size, taken, rng.randint(24, 40)))]
     if kind == "position":
@@ -131,12 +151,15 @@ def make_sample(index: int, size: int, seed: int, split: str) -> Sample:
     target_shapes = {t[0] for t in targets}
     target_colors = {t[1] for t in targets}
     density = (size / 2048) ** 2  # 30-60 distractors on a 2048 px image, as many per area on others
-    for _ in range(max(4, round(rng.randint(30, 60) * density))):
+    distractors = []
+    for _ in range(max(4, round(rng.randint(30, 60) * density * clutter))):
         if kind == "shape":
             shape, color = rng.choice(SHAPES), rng.choice([c for c in COLORS if c not in target_colors])
         else:
             shape, color = rng.choice([s for s in SHAPES if s not in target_shapes]), rng.choice(list(COLORS))
-        _draw(draw, shape, color, _place(rng, size, taken, rng.randint(24, 40)))
+        box = _place(rng, size, taken, rng.randint(24, 40))
+        _draw(draw, shape, color, box)
+        distractors.append(SceneObject(shape, color, box))
     for shape, color, box in targets:
         _draw(draw, shape, color, box)
 
@@ -155,11 +178,11 @@ def make_sample(index: int, size: int, seed: int, split: str) -> Sample:
             relation = "above" if dy < 0 else "below"
         question = f"Where is the {c1} {s1} relative to the {c2} {s2}?"
         choices, answer = _options(rng, relation, POSITIONS)
-    return Sample(
+    sample = Sample(
         id=f"{split}:{index}",
         data_source=DATA_SOURCE,
         messages=[{"role": "user", "content": multiple_choice_prompt(question, choices)}],
-        images=[encode_png(image)],
+        images=[],
         question=question,
         answer=answer,
         choices=choices,
@@ -169,10 +192,18 @@ def make_sample(index: int, size: int, seed: int, split: str) -> Sample:
         reward_style="rule",
         extra={"category": kind, "split": split},
     )
+    return image, sample, [SceneObject(*target) for target in targets] + distractors
+
+
+def make_sample(index: int, size: int, seed: int, split: str, kinds: Sequence[str] = KINDS,
+                clutter: float = 1.0) -> Sample:
+    """One synthetic visual-search row; a pure function of its arguments (see `make_scene`)."""
+    image, sample, _ = make_scene(index, size, seed, split, kinds, clutter)
+    return dataclasses.replace(sample, images=[encode_png(image)])
 
 
 def write_synthetic(out_dir: str | Path, n_train: int, n_test: int, size: int,
-                    seed: int) -> dict[str, Path]:
+                    seed: int, kinds: Sequence[str] = KINDS, clutter: float = 1.0) -> dict[str, Path]:
     """Write train.parquet and test.parquet in the DeepEyes release format; returns their paths."""
     for argument, value, field in (("n_train", n_train, "n_train"), ("n_test", n_test, "n_test"),
                                    ("size", size, "image_size"), ("seed", seed, "seed")):
@@ -181,6 +212,6 @@ def write_synthetic(out_dir: str | Path, n_train: int, n_test: int, size: int,
     out.mkdir(parents=True, exist_ok=True)
     paths = {}
     for split, n in (("train", n_train), ("test", n_test)):
-        samples = [make_sample(i, size, seed, split) for i in range(n)]
+        samples = [make_sample(i, size, seed, split, kinds, clutter) for i in range(n)]
         paths[split] = write_samples(samples, out / f"{split}.parquet")
     return paths

@@ -24,7 +24,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from zoomrl.config import ModelConfig, TinyModelConfig
+from zoomrl.config import ModelConfig, SynthConfig, TinyModelConfig
 
 TINY_FORMAT = 1  # bump when the folder layout or tokenizer corpus changes (invalidates caches)
 
@@ -77,7 +77,7 @@ def _tokenizer_corpus() -> list[str]:
     return lines * 4
 
 
-def _train_tokenizer(tiny: TinyModelConfig):
+def _train_tokenizer(tiny: TinyModelConfig, corpus: list[str]):
     from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -90,7 +90,7 @@ def _train_tokenizer(tiny: TinyModelConfig):
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tokenizer.train_from_iterator(_tokenizer_corpus(), trainer)
+    tokenizer.train_from_iterator(corpus, trainer)
     tokenizer.add_tokens([AddedToken(t, special=False, normalized=False) for t in TAG_TOKENS])
     wrapped = PreTrainedTokenizerFast(
         tokenizer_object=tokenizer,
@@ -178,16 +178,17 @@ def tiny_model_dir(model_cfg: ModelConfig) -> Path:
     return Path(model_cfg.cache_dir).expanduser() / "models" / f"tiny-qwen2.5-vl-{digest}"
 
 
-def build_tiny_model(model_cfg: ModelConfig, out_dir: Path) -> Path:
-    """Build the tiny model folder at out_dir (atomically: a crash leaves no half folder)."""
+def as_dataclass(node, cls: type):
+    """A config section as its dataclass (OmegaConf nodes become plain dataclass instances)."""
     from omegaconf import OmegaConf
 
-    tiny = model_cfg.tiny
-    if not dataclasses.is_dataclass(tiny) or isinstance(tiny, type):
-        tiny = TinyModelConfig(**OmegaConf.to_container(tiny))  # an OmegaConf node
-    tokenizer = _train_tokenizer(tiny)
-    model = _build_model(tiny, tokenizer)
-    processor = _build_processor(tokenizer, model_cfg)
+    if dataclasses.is_dataclass(node) and not isinstance(node, type):
+        return node
+    return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(cls), node))
+
+
+def save_folder(out_dir: Path, model, processor, tokenizer) -> Path:
+    """Save a model folder at out_dir atomically: a crash leaves no half folder."""
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=out_dir.name + ".", dir=out_dir.parent))
     try:
@@ -202,8 +203,24 @@ def build_tiny_model(model_cfg: ModelConfig, out_dir: Path) -> Path:
     return out_dir
 
 
-def ensure_model(model_cfg: ModelConfig) -> str:
-    """Path (folder or hub id) to load the policy from; builds the tiny model if needed."""
+def build_tiny_model(model_cfg: ModelConfig, out_dir: Path) -> Path:
+    """Build the tiny model folder at out_dir (atomically: a crash leaves no half folder)."""
+    tiny = as_dataclass(model_cfg.tiny, TinyModelConfig)
+    tokenizer = _train_tokenizer(tiny, _tokenizer_corpus())
+    model = _build_model(tiny, tokenizer)
+    processor = _build_processor(tokenizer, model_cfg)
+    return save_folder(out_dir, model, processor, tokenizer)
+
+
+def ensure_model(model_cfg: ModelConfig, synth: SynthConfig | None = None) -> str:
+    """Path (folder or hub id) to load the policy from; builds the tiny model or the tiny base
+    if needed. The tiny base is pretrained on the synthetic scenes `synth` describes."""
+    if model_cfg.path == "tiny-base":
+        from zoomrl.tiny_base import ensure_base
+
+        if synth is None:
+            raise ValueError("model.path=tiny-base needs the data.synth settings it is pretrained for")
+        return str(ensure_base(model_cfg, synth))
     if model_cfg.path != "tiny":
         return model_cfg.path
     out_dir = tiny_model_dir(model_cfg)
