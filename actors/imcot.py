@@ -114,7 +114,7 @@ async def run_trajectory(sample: Sample, views: list[ImageView], engine: Engine,
         tick = time.perf_counter()
         out = await engine.generate(TurnRequest(
             engine_ids=list(seq.engine_ids), images=list(seq.images), max_tokens=max_tokens,
-            seed=turn_seed(rollout.seed, group_id, index, num_turns),
+            temperature=rollout.temperature, seed=turn_seed(rollout.seed, group_id, index, num_turns),
             extra_args={**extra_args, "zoomrl_turn": num_turns, "zoomrl_trajectory": index}))
         timing["generate"] += time.perf_counter() - tick
         seq.check_engine_view(out.prompt_ids)

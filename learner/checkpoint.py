@@ -16,6 +16,12 @@ The checkpoint root must be one folder every rank sees (a shared filesystem on a
 DCP reshards on load: a checkpoint resumes on any number of ranks (RNG states of ranks the
 checkpoint does not have are left as seeded).
 
+Retention (`run.keep_checkpoints`): once a new checkpoint is complete, `remove_old_checkpoints`
+removes the complete ones older than the newest k. It never touches the one just written, a
+folder being written (`.tmp-*`) or anything that is not a complete checkpoint, so the newest
+loadable checkpoint always stays. A removal renames the folder to `.tmp-*` first (atomic), so an
+interrupted one leaves a leftover the next save clears, never a half-deleted `step-*` folder.
+
 A checkpoint is code: `dcp.load` unpickles DCP's `.metadata` with plain `pickle.load` and its
 non-tensor entries with `torch.load(weights_only=False)` (torch 2.13 offers no restricted loader
 for either), so load only checkpoints from a trusted source. The RNG files, which zoomrl writes
@@ -28,6 +34,7 @@ import json
 import os
 import pickle
 import random
+import re
 import shutil
 import warnings
 from dataclasses import asdict, dataclass, field, replace
@@ -47,6 +54,7 @@ from torch.distributed.checkpoint.state_dict import (
 )
 
 STEP_PREFIX = "step-"
+STEP_NAME = re.compile(rf"{STEP_PREFIX}(\d+)")  # a checkpoint folder's name: step-00000010
 TMP_PREFIX = ".tmp-"
 TRAINER_FILE = "trainer.json"
 HF_DIR = "hf"
@@ -73,13 +81,56 @@ class TrainerState:
     which shifts its bias correction."""
 
 
-def latest_checkpoint(root: str | Path) -> Path | None:
-    """The complete checkpoint with the highest step under root, or None."""
+def is_complete(path: Path) -> bool:
+    """Whether path is a checkpoint a resume can load: a `step-N` folder with DCP's metadata and a
+    readable trainer.json (written last, just before the rename that makes the folder appear)."""
+    if not (STEP_NAME.fullmatch(path.name) and (path / ".metadata").is_file()):
+        return False
+    try:
+        return isinstance(json.loads((path / TRAINER_FILE).read_text()), dict)
+    except (OSError, ValueError):  # missing, unreadable, or not JSON
+        return False
+
+
+def complete_checkpoints(root: str | Path) -> list[Path]:
+    """The complete checkpoints under root, oldest step first."""
     root = Path(root)
     if not root.is_dir():
-        return None
-    done = [p for p in root.iterdir() if p.name.startswith(STEP_PREFIX) and (p / TRAINER_FILE).is_file()]
-    return max(done, key=lambda p: int(p.name.removeprefix(STEP_PREFIX)), default=None)
+        return []
+    done = [p for p in root.iterdir() if is_complete(p)]
+    return sorted(done, key=lambda p: int(STEP_NAME.fullmatch(p.name).group(1)))
+
+
+def latest_checkpoint(root: str | Path) -> Path | None:
+    """The complete checkpoint with the highest step under root, or None."""
+    done = complete_checkpoints(root)
+    return done[-1] if done else None
+
+
+def checkpoints_to_remove(root: str | Path, keep: int, current: str | Path) -> list[Path]:
+    """The checkpoints under root that `run.keep_checkpoints=keep` removes once `current` (the one
+    just written) is complete: the complete ones older than the newest `keep`, oldest first.
+    keep 0 keeps all. Never `current`, and nothing at all when `current` is not complete (a save
+    that did not finish removes nothing); folders that are not complete checkpoints (one being
+    written, an export, anything else) are neither counted nor removed. So with keep >= 1 the
+    newest loadable checkpoint always stays."""
+    current = Path(current)
+    if keep == 0 or not is_complete(current):
+        return []
+    done = complete_checkpoints(root)
+    return [p for p in done[:-keep] if p.resolve() != current.resolve()]
+
+
+def remove_old_checkpoints(root: str | Path, keep: int, current: str | Path) -> list[Path]:
+    """Remove `checkpoints_to_remove(root, keep, current)`; returns the folders removed. Each is
+    renamed to a `.tmp-*` name first, so a crash midway leaves what the next save clears."""
+    removed = checkpoints_to_remove(root, keep, current)
+    for path in removed:
+        doomed = path.with_name(f"{TMP_PREFIX}{path.name}.removed")
+        shutil.rmtree(doomed, ignore_errors=True)  # left by a crash in an earlier removal
+        os.replace(path, doomed)
+        shutil.rmtree(doomed)
+    return removed
 
 
 def _rng_state() -> dict:

@@ -22,6 +22,7 @@ from learner.checkpoint import TrainerState, latest_checkpoint
 from learner.weights import WeightsRef
 from learner.worker import LearnerWorker
 from zoomrl.config import Config
+from zoomrl.progress import Say, quiet
 from zoomrl.types import GroupSummary
 
 LearnerActor = ray.remote(LearnerWorker)  # the actor is the plain class, nothing added
@@ -45,7 +46,9 @@ def _rendezvous_address() -> tuple[str, int]:
 class LearnerGroup:
     """The driver's handle on the learner ranks, which load the policy from model_path."""
 
-    def __init__(self, cfg: Config, model_path: str) -> None:
+    def __init__(self, cfg: Config, model_path: str, say: Say = quiet) -> None:
+        """Start the ranks and return once each has loaded the policy (`say` gets a line when
+        their resources are reserved and when they are ready)."""
         if cfg.weight_sync.method != "object_store":
             raise NotImplementedError(f"weight_sync.method={cfg.weight_sync.method!r}: only object_store "
                                       "is built (see learner/README.md)")
@@ -55,6 +58,7 @@ class LearnerGroup:
             {"GPU": learner.num_gpus_per_rank} if learner.num_gpus_per_rank > 0 else {})
         self.placement = placement_group([bundle] * learner.num_ranks, strategy="PACK")
         ray.get(self.placement.ready())
+        say(f"learner resources reserved: {learner.num_ranks} x {bundle}")
         on_rank = [PlacementGroupSchedulingStrategy(self.placement, placement_group_bundle_index=rank)
                    for rank in range(learner.num_ranks)]
         address, port = ray.get(_rendezvous_address.options(scheduling_strategy=on_rank[0]).remote())
@@ -67,6 +71,8 @@ class LearnerGroup:
             for rank in range(learner.num_ranks)
         ]
         self.num_parameters = ray.get([w.num_parameters.remote() for w in self.workers])[0]
+        say(f"learner ranks ready {learner.num_ranks}/{learner.num_ranks} "
+            f"({self.num_parameters / 1e6:.1f}M parameters)")
         self.step = 0
 
     def plan(self, groups: list[GroupSummary]) -> tuple[list[list[StepShard]], int]:
@@ -110,10 +116,11 @@ class LearnerGroup:
         return metrics | {"groups_filtered": filtered}
 
     def publish_weights(self, version: int) -> WeightsRef:
-        """Gather the full weights (engine dtype, HF names) once into the object store."""
-        refs = [w.state_dict_for_engine.remote() for w in self.workers]
-        ray.get(refs[1:])  # the other ranks' empty results: the gather is done, errors surface
-        return WeightsRef(version, refs[0])
+        """Every rank's part of the weights (engine dtype, HF names) into the object store, in
+        parallel, without a gather (see learner.weights)."""
+        sizes, parts = zip(*[w.state_dict_for_engine.remote() for w in self.workers], strict=True)
+        ray.get(list(sizes))  # every part is stored; a rank's error surfaces here
+        return WeightsRef(version, ray.put(list(parts)))
 
     def save_checkpoint(self, root: str | Path, step: int, extra: dict) -> str:
         """Checkpoint step `step` (the current one) under root, with the driver's JSON-able

@@ -1,6 +1,7 @@
-"""Checkpoints (sharded DCP, atomic, resumable) and export to a Hugging Face folder.
+"""Checkpoints (sharded DCP, atomic, resumable), retention, and export to a Hugging Face folder.
 
 One learner rank in this process (world size 1); the 2-rank case is in test_learner_group.py.
+The retention tests at the end work on folders laid out like checkpoints (no model: fast).
 """
 
 from __future__ import annotations
@@ -24,10 +25,15 @@ from trajectories import make_groups
 from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
 
 import learner.checkpoint
-from learner.checkpoint import export_hf, latest_checkpoint, read_trainer_state
+from learner.checkpoint import (
+    checkpoints_to_remove,
+    export_hf,
+    latest_checkpoint,
+    read_trainer_state,
+    remove_old_checkpoints,
+)
 from zoomrl.cli import main as zoomrl_main
-
-pytestmark = pytest.mark.slow
+from zoomrl.config import ConfigError, load_config
 
 
 @pytest.fixture(scope="module")
@@ -35,6 +41,7 @@ def groups(tiny_model_path):
     return make_groups(tiny_model_path, num_groups=2, n=4, seed=0)
 
 
+@pytest.mark.slow
 def test_resume_is_bit_identical(tmp_path, tiny_model_path, groups):
     extra = {"stream": {"epoch": 0, "index": 2}, "pending": [["s1", "g0-1"]]}
     with local_worker(tiny_model_path) as worker:
@@ -62,6 +69,7 @@ def test_resume_is_bit_identical(tmp_path, tiny_model_path, groups):
         assert_same_state(fresh.snapshot(), continued)
 
 
+@pytest.mark.slow
 def test_interrupted_save_leaves_previous_checkpoint_usable(tmp_path, tiny_model_path, groups, monkeypatch):
     with local_worker(tiny_model_path) as worker:
         shard = shard_of(worker, groups, 4096)
@@ -91,8 +99,12 @@ def test_interrupted_save_leaves_previous_checkpoint_usable(tmp_path, tiny_model
         again = worker.save_checkpoint(str(tmp_path), 2, {"again": True})  # a step saved twice: replaced
     assert again == done and read_trainer_state(again).extra == {"again": True}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["step-00000001", "step-00000002", "step-00000009"]
+    # retention recognises real checkpoints as complete, and leaves the folder that is not one
+    assert remove_old_checkpoints(tmp_path, 1, again) == [Path(previous)]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["step-00000002", "step-00000009"]
 
 
+@pytest.mark.slow
 def test_a_step_0_checkpoint_holds_the_model_and_resumes(tmp_path, tiny_model_path, groups):
     """A first batch filtered out entirely (all-equal rewards) leaves the learner at step 0 when
     the driver checkpoints (before: ValueError "no update yet"). The checkpoint holds the model
@@ -132,6 +144,7 @@ class RunsCode:
         return os.mkdir, (str(self.path),)
 
 
+@pytest.mark.slow
 def test_rng_states_load_without_unpickling_code(tmp_path, tiny_model_path, groups):
     """RNG files hold tensors and numbers only and load with torch's weights-only unpickler: they
     round-trip (the next draws of torch, numpy and python repeat), and a file holding any other
@@ -181,6 +194,7 @@ def exported(trained, tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_export_loads_in_transformers(exported, trained, tiny_model_path):
     _, weights = trained
     model = Qwen2_5_VLForConditionalGeneration.from_pretrained(exported)
@@ -199,6 +213,7 @@ def test_export_loads_in_transformers(exported, trained, tiny_model_path):
     assert out.shape == (1, ids.shape[1] + 3)
 
 
+@pytest.mark.slow
 def test_export_in_engine_dtype_and_from_a_root(trained, tmp_path):
     """export_hf writes trainer.json's dtype (model.dtype); given a root, it exports the latest."""
     checkpoint = tmp_path / "root" / "step-00000002"
@@ -211,6 +226,7 @@ def test_export_in_engine_dtype_and_from_a_root(trained, tmp_path):
     assert torch.equal(model.lm_head.weight, trained[1]["lm_head.weight"].to(torch.bfloat16))
 
 
+@pytest.mark.slow
 def test_export_cli_errors(tmp_path, capsys):
     assert zoomrl_main(["export", str(tmp_path / "missing"), "--out", str(tmp_path / "out")]) == 2
     assert "missing" in capsys.readouterr().err
@@ -234,6 +250,7 @@ print("RESULT" + json.dumps({"prompt_ids": list(out.prompt_token_ids), "ids": li
 """
 
 
+@pytest.mark.slow
 def test_export_loads_in_vllm(exported):
     """vLLM's CPU engine serves the exported folder; its greedy tokens and their log-probs match
     transformers on the same folder (so vLLM runs the trained weights, not a fresh init)."""
@@ -257,3 +274,80 @@ def test_export_loads_in_vllm(exported):
     logprobs = logits.log_softmax(-1)[start - 1:-1].gather(-1, ids[0, start:, None]).squeeze(-1)
     assert logits[start - 1].argmax().item() == result["ids"][0]  # greedy first token agrees
     assert logprobs.tolist() == pytest.approx(result["logprobs"], abs=2e-3)
+
+
+# ---- retention (run.keep_checkpoints) ----
+def fake_checkpoint(root: Path, step: int, *, trainer: str | None = '{"step": 0}',
+                    name: str | None = None) -> Path:
+    """A folder laid out as save_checkpoint leaves one: DCP metadata and a shard, trainer.json
+    (trainer=None: missing, as in a folder being written)."""
+    path = root / (name or f"step-{step:08d}")
+    path.mkdir(parents=True)
+    (path / ".metadata").write_bytes(b"dcp")
+    (path / "__0_0.distcp").write_bytes(b"shard")
+    if trainer is not None:
+        (path / "trainer.json").write_text(trainer)
+    return path
+
+
+def names(root: Path) -> list[str]:
+    return sorted(p.name for p in root.iterdir())
+
+
+def test_retention_keeps_the_newest_k_and_removes_the_rest_oldest_first(tmp_path):
+    paths = [fake_checkpoint(tmp_path, step) for step in (0, 10, 20, 30)]  # step 0: the model only
+    assert checkpoints_to_remove(tmp_path, 0, paths[-1]) == []  # 0 keeps all
+    assert checkpoints_to_remove(tmp_path, 4, paths[-1]) == []
+    assert checkpoints_to_remove(tmp_path, 3, paths[-1]) == paths[:1]
+    assert remove_old_checkpoints(tmp_path, 2, paths[-1]) == paths[:2]
+    assert names(tmp_path) == ["step-00000020", "step-00000030"]
+    assert latest_checkpoint(tmp_path) == paths[-1]
+
+
+def test_retention_keeps_the_one_being_written(tmp_path):
+    old = [fake_checkpoint(tmp_path, step) for step in (10, 20)]
+    staging = fake_checkpoint(tmp_path, 30, trainer=None, name=".tmp-step-00000030")
+    # a save that did not complete removes nothing, even with keep=1
+    unfinished = fake_checkpoint(tmp_path, 40, trainer=None)
+    assert checkpoints_to_remove(tmp_path, 1, unfinished) == []
+    # the one just written stays even when a newer one is there (keep counts from the newest)
+    newer = fake_checkpoint(tmp_path, 50)
+    assert remove_old_checkpoints(tmp_path, 1, old[1]) == old[:1]
+    assert names(tmp_path) == [staging.name, "step-00000020", unfinished.name, newer.name]
+
+
+def test_retention_keeps_the_only_loadable_one(tmp_path):
+    """Folders that look like checkpoints but cannot be loaded neither count toward keep nor get
+    removed; the loadable one stays, and is what a resume picks."""
+    loadable = fake_checkpoint(tmp_path, 10)
+    fake_checkpoint(tmp_path, 20, trainer=None)                 # no trainer.json
+    fake_checkpoint(tmp_path, 30, trainer='{"step": 3')         # trainer.json cut short
+    (tmp_path / "step-00000040").mkdir()                        # empty
+    (tmp_path / "step-00000040" / "trainer.json").write_text("{}")  # no DCP metadata
+    fake_checkpoint(tmp_path, 50, name="step-00000050-hf")      # an export named after its step
+    before = names(tmp_path)
+    assert latest_checkpoint(tmp_path) == loadable
+    assert remove_old_checkpoints(tmp_path, 1, loadable) == []
+    assert names(tmp_path) == before
+
+
+def test_an_interrupted_removal_leaves_no_half_checkpoint(tmp_path, monkeypatch):
+    paths = [fake_checkpoint(tmp_path, step) for step in (10, 20, 30)]
+
+    def killed(path, ignore_errors=False):  # the process dies while deleting files
+        if not ignore_errors:
+            raise SystemExit("killed")
+
+    monkeypatch.setattr(learner.checkpoint, "shutil", SimpleNamespace(rmtree=killed))
+    with pytest.raises(SystemExit):
+        remove_old_checkpoints(tmp_path, 1, paths[-1])
+    monkeypatch.undo()
+    # the folder left behind has a .tmp- name, which the next save clears, and nothing counts it
+    assert names(tmp_path) == [".tmp-step-00000010.removed", "step-00000020", "step-00000030"]
+    assert checkpoints_to_remove(tmp_path, 1, paths[-1]) == paths[1:2]
+
+
+def test_keep_checkpoints_domain():
+    assert load_config(None, ["run.keep_checkpoints=3"]).run.keep_checkpoints == 3
+    with pytest.raises(ConfigError, match="run.keep_checkpoints"):
+        load_config(None, ["run.keep_checkpoints=-1"])

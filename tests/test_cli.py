@@ -97,3 +97,14 @@ def test_rollout_writes_trajectories_from_the_embedded_default(tmp_path):
         assert set(record["reward_parts"]) >= {"acc", "format", "tool"}
     summary = json.loads(result.stdout[result.stdout.index("{"):result.stdout.rindex("}") + 1])
     assert summary["trajectories"] == 4 and summary["rollout_tokens_per_s"] > 0
+
+
+def test_config_explain_prints_the_fields_under_a_prefix(capsys):
+    assert main(["config", "explain", "queue"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("queue  (section)\n    The replay queue between rollout actors and the learner.")
+    assert "queue.max_staleness\n" in out and "type int; allowed >= 0; default 1" in out
+    assert main(["config", "explain", "queue.capacity"]) == 0  # the start of a key
+    assert capsys.readouterr().out.startswith("queue.capacity_groups\n")
+    assert main(["config", "explain", "queue.stalenes"]) == 2
+    assert "did you mean queue.max_staleness?" in capsys.readouterr().err

@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 RUN = ["--config", "tiny-cpu", "rollout.n=2", "rollout.max_tokens_per_turn=24",
        "rollout.max_response_tokens=64", "data.synth.n_train=8", "data.synth.n_test=2",
        "data.synth.image_size=512", "learner.prompts_per_step=2", "run.total_steps=500",
-       "run.checkpoint_every=0"]
+       "run.checkpoint_every=0", "run.eval_every=0"]  # validation: tests/test_train_e2e.py
 
 
 def free_port() -> int:
@@ -150,7 +150,8 @@ def test_ray_job_scaled_while_it_trains_and_scraped_by_prometheus(ray_head, prom
         [str(Path(sys.executable).parent / "ray"), "job", "submit", "--address", ray_head["dashboard"],
          "--submission-id", "zoomrl-tiny", "--no-wait", "--working-dir", str(ROOT),
          "--runtime-env", str(DEPLOY / "runtime-env.yaml"), "--",
-         "zoomrl", "train", *RUN, f"run.runs_dir={runs_dir}", f"metrics.port={prometheus['driver_port']}"],
+         "zoomrl", "train", *RUN, f"run.runs_dir={runs_dir}", f"metrics.port={prometheus['driver_port']}",
+         "run.forward_actor_logs=true"],
         env=environment(), check=True, capture_output=True, timeout=120)
     try:
         def first_step() -> list[dict]:
@@ -183,6 +184,9 @@ def test_ray_job_scaled_while_it_trains_and_scraped_by_prometheus(ray_head, prom
     assert status.value == "SUCCEEDED", logs[-3000:]
     assert "scaling rollout actors: 1 -> 2" in logs and "scaling rollout actors: 2 -> 1" in logs
     assert "stopped by zoomrl stop at" in logs and "step 1/500" in logs
+    assert "s] Ray up: joined the cluster at " in logs and "s] rollout engine 1/1 ready" in logs
+    # run.forward_actor_logs: what the engines and learner ranks print is in the job's logs
+    assert "(RolloutWorker pid=" in logs and "(LearnerWorker pid=" in logs
 
     # Every group the run requested is accounted for: trained once, dropped as stale, or pending in
     # the final checkpoint (re-requested by --resume). Scaling down lost none.

@@ -1,6 +1,18 @@
+import dataclasses
+
 import pytest
 
-from zoomrl.config import ConfigError, field_problem, load_config, preset_names, save_config, to_yaml
+from zoomrl.config import (
+    ConfigError,
+    EngineConfig,
+    ModelConfig,
+    field_problem,
+    load_config,
+    preset_names,
+    save_config,
+    to_yaml,
+)
+from zoomrl.config_explain import all_fields, explain, field_docs, fields_under
 
 
 def test_default_is_tiny_cpu():
@@ -194,3 +206,39 @@ def test_saved_config_loads_back_identically(tmp_path):
     cfg = load_config("qwen2.5-vl-7b", ["rollout.n=4"])
     save_config(cfg, tmp_path / "config.yaml")
     assert to_yaml(load_config(str(tmp_path / "config.yaml"))) == to_yaml(cfg)
+
+
+def test_explain_reads_docstring_type_domain_and_default_from_the_dataclasses():
+    text = explain("model.dtype")
+    assert text.splitlines()[0] == "model.dtype"
+    assert field_docs(ModelConfig)["dtype"] in text  # the docstring under the field, not a copy
+    assert "type str; allowed one of float32, bfloat16, float16; default float32" in text
+    lr = explain("learner.lr", load_config("tiny-cpu"), "tiny-cpu")
+    assert "type float; allowed > 0; default 1.0e-06 (tiny-cpu sets 0.0001)" in lr
+    assert "type int | None; allowed >= 0 and < 4294967296; default null" in explain("rollout.seed")
+    assert "allowed each one of image_zoom_in_tool" in explain("tools.enabled")
+
+
+def test_explain_reads_multi_line_docstrings_whole():
+    doc = field_docs(ModelConfig)["max_pixels"]
+    assert doc.startswith("Largest pixel count") and doc.endswith("= 256 tokens).") and "\n" in doc
+
+
+def test_explain_of_a_section_lists_it_and_every_key_under_it():
+    keys = [f.key for f in fields_under("rollout.engine")]
+    assert keys[0] == "rollout.engine" and len(keys) == 1 + len(dataclasses.fields(EngineConfig))
+    assert [f.key for f in fields_under("rollout.max")] == [
+        "rollout.max_tool_calls", "rollout.max_response_tokens", "rollout.max_tokens_per_turn",
+        "rollout.max_images"]
+    assert "reward.weights.<key>.acc" in [f.key for f in fields_under("reward")]
+
+
+def test_every_config_field_has_a_docstring():
+    missing = [f.key for f in all_fields() if not f.doc]
+    assert not missing, f"fields without a docstring under them in zoomrl/config.py: {missing}"
+
+
+def test_explain_of_an_unknown_key_suggests_close_matches():
+    with pytest.raises(ConfigError, match="unknown config key 'rollout.tmperature'; did you mean "
+                                          "rollout.temperature"):
+        explain("rollout.tmperature")

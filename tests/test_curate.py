@@ -158,7 +158,8 @@ def test_curate_end_to_end_on_the_tiny_model(tmp_path):
                f"rollout.sampling_extra_args.forced_turns_by_trajectory={scripts}"]
     result = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "difficulty 5/5" in result.stdout and "perception 1/1" in result.stdout
+    # progress in a log (not a terminal): a plain line per row here (5 rows: each is 20%)
+    assert "difficulty 5/5 (100%)" in result.stdout and "perception 1/1 (100%)" in result.stdout
     report = json.loads(out.with_suffix(".report.json").read_text())
     expected_report_checks(report, out)
     assert report["resumed_verdicts"] == 0 and report["tokens_per_s"] > 0

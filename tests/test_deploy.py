@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from zoomrl.config import ConfigError, load_config
-from zoomrl.metrics import METRICS, PREFIX
+from zoomrl.metrics import METRICS, PREFIX, prometheus_name
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"
@@ -230,7 +230,7 @@ def exported_metric_names() -> set[str]:
     from zoomrl.queue import QUEUE_METRICS
 
     def series(name: str, kind: str) -> str:
-        return PREFIX + name + ("_total" if kind == "counter" else "")
+        return prometheus_name(name) + ("_total" if kind == "counter" else "")
 
     driver = {series(m.name, m.kind) for m in METRICS}
     kinds = {m.name: m.kind for m in METRICS}
@@ -289,3 +289,87 @@ def test_prometheus_config_passes_promtool_and_scrapes_ray_and_the_driver(tmp_pa
     broken = tmp_path / "broken.yml"
     broken.write_text(path.read_text().replace("scrape_interval", "scrape_intervall"))
     assert subprocess.run([promtool, "check", "config", str(broken)], capture_output=True).returncode != 0
+
+
+# ---- alert rules ----
+PROMETHEUS = DEPLOY / "prometheus"
+SEVERITIES = {"critical", "warning", "info"}
+
+
+def alert_rules() -> dict[str, dict]:
+    """alert name -> rule, from alerts.yml (recording rules left out)."""
+    groups = load_yaml(PROMETHEUS / "alerts.yml")["groups"]
+    return {rule["alert"]: rule for group in groups for rule in group["rules"] if "alert" in rule}
+
+
+def test_alert_rules_pass_promtool_and_their_unit_tests():
+    promtool = require_promtool()
+    for args in (["check", "rules", "alerts.yml"], ["test", "rules", "alerts_test.yml"]):
+        result = subprocess.run([promtool, *args], cwd=PROMETHEUS, capture_output=True, text=True)
+        assert result.returncode == 0, result.stdout + result.stderr
+    assert load_yaml(PROMETHEUS / "prometheus.yml")["rule_files"] == ["alerts.yml"]
+
+
+def test_alert_unit_tests_fail_when_a_rule_is_wrong(tmp_path):
+    """The unit tests hold the thresholds: raising one makes a healthy run's series fire."""
+    promtool = require_promtool()
+    tests = load_yaml(PROMETHEUS / "alerts_test.yml")
+    tests["tests"] = [group for group in tests["tests"]  # that rule's cases only: fast
+                      if group["alert_rule_test"][0]["alertname"] == "ZoomrlToolCallsCollapsed"]
+    (tmp_path / "alerts_test.yml").write_text(yaml.safe_dump(tests))
+    rules, rule = (PROMETHEUS / "alerts.yml").read_text(), "zoomrl_tool_calls_per_trajectory[30m]) < "
+    assert rules.count(rule + "0.1") == 1
+    for threshold, passes in [("0.1", True), ("0.9", False)]:
+        (tmp_path / "alerts.yml").write_text(rules.replace(rule + "0.1", rule + threshold))
+        result = subprocess.run([promtool, "test", "rules", "alerts_test.yml"], cwd=tmp_path,
+                                capture_output=True, text=True)
+        assert (result.returncode == 0) == passes, result.stdout + result.stderr
+    assert 'instance="zooming"' in result.stderr  # the healthy run now fires
+
+
+def test_every_alert_has_a_run_where_it_fires_and_one_where_it_does_not():
+    tests = load_yaml(PROMETHEUS / "alerts_test.yml")["tests"]
+    fires, quiet = set(), set()
+    for group in tests:
+        runs = {re.search(r'instance="([^"]+)"', s["series"]).group(1) for s in group["input_series"]}
+        for case in group["alert_rule_test"]:
+            firing = {alert["exp_labels"]["instance"] for alert in case["exp_alerts"]}
+            assert firing <= runs
+            if firing:
+                fires.add(case["alertname"])
+            if runs - firing:
+                quiet.add(case["alertname"])
+    assert fires == quiet == set(alert_rules())
+
+
+def test_alert_rules_read_exported_metrics_and_say_what_to_look_at():
+    text = (PROMETHEUS / "alerts.yml").read_text()
+    groups = load_yaml(PROMETHEUS / "alerts.yml")["groups"]
+    recorded = {rule["record"] for group in groups for rule in group["rules"] if "record" in rule}
+    exprs = [rule["expr"] for group in groups for rule in group["rules"]]
+    used = {name for expr in exprs for name in re.findall(r"\b(?:ray_)?zoomrl_\w+", expr)}
+    assert used <= exported_metric_names(), f"not exported: {sorted(used - exported_metric_names())}"
+    assert {name for expr in exprs for name in re.findall(r"\bzoomrl:[\w:]+", expr)} <= recorded
+    # the failures the rules are for (issue 16): tool use, accuracy, staleness and drops, the two
+    # throughputs, the behaviour-vs-learner mismatch
+    for name in ["tool_calls_per_trajectory", "accuracy", "policy_staleness", "dropped_groups_total",
+                 "policy_version", "rollout_tokens_per_s", "approx_kl"]:
+        assert PREFIX + name in used, name
+    doc = (ROOT / "docs/metrics.md").read_text()
+    for name, rule in alert_rules().items():
+        assert name.startswith("Zoomrl"), name  # the dashboard lists ALERTS{alertname=~"Zoomrl.*"}
+        assert f"| `{name}` |" in doc, f"{name} missing from docs/metrics.md, section Alerts"
+        assert rule["labels"]["severity"] in SEVERITIES and rule["for"], name
+        assert set(rule["annotations"]) == {"summary", "description"}, name
+        # each rule's threshold and duration come with a reason: a comment in its block
+        block = text[text.index(f"- alert: {name}"):].split("\n\n")[0]
+        assert "        # " in block, f"{name}: no comment giving the reason for its threshold"
+
+
+def test_dashboard_lists_the_firing_alerts():
+    dashboard = json.loads((DEPLOY / "grafana/zoomrl.json").read_text())
+    tables = [p for p in dashboard["panels"] if any("ALERTS{" in t["expr"] for t in p.get("targets", []))]
+    assert len(tables) == 1 and tables[0]["datasource"]["uid"] == "${datasource}"
+    target = tables[0]["targets"][0]
+    assert target["expr"] == 'ALERTS{alertstate="firing", alertname=~"Zoomrl.*"}' and target["instant"]
+    assert tables[0]["gridPos"]["y"] <= 1  # at the top, above the curves

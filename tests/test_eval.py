@@ -350,6 +350,7 @@ def test_eval_report_arithmetic_matches_the_saved_records(eval_run):
     assert report["response_tokens"] == sum(r["response_tokens"] for r in records)
     table = out.with_suffix(".txt").read_text()
     assert "Wilson" in table and table in result.stdout
+    assert "eval questions 6/6 (100%)" in result.stdout  # progress, as a log gets it
 
 
 @pytest.mark.slow

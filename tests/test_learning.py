@@ -26,7 +26,7 @@ STEPS, WINDOW = 20, 5
 def test_format_reward_improves_over_training(tmp_path, seed):
     args = [f"run.total_steps={STEPS}", "rollout.n=8", "learner.prompts_per_step=4",
             "rollout.max_tokens_per_turn=48", "rollout.max_response_tokens=96", "learner.lr=1e-2",
-            "run.checkpoint_every=0", "metrics.port=0", "queue.capacity_groups=16",
+            "run.checkpoint_every=0", "run.eval_every=0", "metrics.port=0", "queue.capacity_groups=16",
             f"rollout.seed={seed}", f"data.seed={seed}", f"run.runs_dir={tmp_path}"]
     result = subprocess.run([sys.executable, "-m", "zoomrl.cli", "train", *args], capture_output=True,
                             text=True, timeout=1200)

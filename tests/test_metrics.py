@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from zoomrl.config import ConfigError
-from zoomrl.metrics import METRICS, PREFIX, DriverMetrics
+from zoomrl.metrics import METRICS, DriverMetrics, prometheus_name
 
 
 def scrape(url: str) -> str:
@@ -16,13 +16,14 @@ def scrape(url: str) -> str:
 def test_driver_endpoint_serves_every_metric_over_http():
     metrics = DriverMetrics("127.0.0.1", 0)
     try:
-        metrics.record({"accuracy": 0.25, "dropped_groups": 2, "queue_depth": 3})
+        metrics.record({"accuracy": 0.25, "dropped_groups": 2, "queue_depth": 3, "val/accuracy": 0.5})
         metrics.record({"dropped_groups": 1})
         text = scrape(metrics.url)
         assert re.search(r"^zoomrl_accuracy 0\.25$", text, re.M)
         assert re.search(r"^zoomrl_dropped_groups_total 3\.0$", text, re.M)
+        assert re.search(r"^zoomrl_val_accuracy 0\.5$", text, re.M)  # '/' is '_' on Prometheus
         for spec in METRICS:
-            assert PREFIX + spec.name in text
+            assert prometheus_name(spec.name) in text
     finally:
         metrics.close()
 
@@ -39,7 +40,7 @@ def test_unknown_metric_names_are_refused():
 def test_every_metric_is_documented():
     doc = (Path(__file__).parent.parent / "docs" / "metrics.md").read_text()
     for spec in METRICS:
-        assert f"`{PREFIX}{spec.name}`" in doc, f"{spec.name} missing from docs/metrics.md"
+        assert f"`{prometheus_name(spec.name)}`" in doc, f"{spec.name} missing from docs/metrics.md"
 
 
 def test_a_taken_port_is_refused_naming_the_key():

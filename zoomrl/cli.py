@@ -1,4 +1,5 @@
-"""The `zoomrl` command: train, scale, stop, rollout, eval, curate, data synth, config show, export.
+"""The `zoomrl` command: train, scale, stop, rollout, eval, curate, data synth, config show|explain,
+export, view.
 
 Config-taking commands accept `--config PRESET_OR_YAML` and dotted `key=value` overrides.
 """
@@ -65,6 +66,13 @@ def _cmd_config_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_config_explain(args: argparse.Namespace) -> int:
+    from zoomrl.config_explain import explain
+
+    print(explain(args.prefix, load_config(args.config), args.config), end="")
+    return 0
+
+
 def _cmd_data_synth(args: argparse.Namespace) -> int:
     from zoomrl.synth import write_synthetic
 
@@ -77,7 +85,8 @@ def _cmd_data_synth(args: argparse.Namespace) -> int:
 
 
 def _progress(total_steps: int):
-    """One line per step: a bar, the reward, zooms per trajectory and throughput."""
+    """One line per step: a bar, the reward, zooms per trajectory and throughput; and one for the
+    validation of a step that validated."""
     def show(figures: dict) -> None:
         step = int(figures["policy_version"])
         bar = "#" * (20 * step // total_steps)
@@ -86,10 +95,17 @@ def _progress(total_steps: int):
               f"rollout {figures['rollout_tokens_per_s']:.0f} tok/s "
               f"learner {figures.get('learner_tokens_per_s', 0):.0f} tok/s "
               f"({figures['step_seconds']:.1f}s)", flush=True)
+        if "val/accuracy" in figures:  # a step that validated (run.eval_every)
+            print(f"  validation: acc {figures['val/accuracy']:.2f} over {figures['val/n']} held-out "
+                  f"trajectories, zooms/traj {figures['val/tool_calls_per_trajectory']:.2f} "
+                  f"({figures['val/seconds']:.1f}s)", flush=True)
     return show
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
+    from zoomrl.progress import StartupLog
+
+    say = StartupLog()  # before the imports below: Ray, torch and vLLM take seconds to load
     from rewards import JudgeError
     from zoomrl.driver import Driver
 
@@ -98,7 +114,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     else:
         cfg = load_config(args.config, args.overrides)
     # A new run's directory is made by the driver, once its inputs are checked.
-    driver = Driver(cfg, Path(args.resume) if args.resume else None, resume=bool(args.resume))
+    driver = Driver(cfg, Path(args.resume) if args.resume else None, resume=bool(args.resume), say=say)
     try:
         print(f"run directory: {driver.run_dir}", flush=True)
         print(f"metrics: {driver.metrics.url}", flush=True)
@@ -208,6 +224,7 @@ def _eval_overrides(args: argparse.Namespace) -> list[str]:
 
 def _cmd_eval(args: argparse.Namespace) -> int:
     from zoomrl.evaluate import compare_reports, report_table, run_eval
+    from zoomrl.progress import ProgressBar
     from zoomrl.run_setup import ensure_data
     from zoomrl.tiny import ensure_model
 
@@ -227,14 +244,10 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     files = args.data or ensure_data(cfg)[1]  # data.test_files, else the synthetic test split
     if not files:
         raise ConfigError("no evaluation data: pass --data FILE... or set data.test_files")
-    model_path = ensure_model(cfg.model)
+    model_path = ensure_model(cfg.model, cfg.data.synth)
     print(f"evaluating {model_path} on {', '.join(files)} with {cfg.rollout.num_workers} engine(s)",
           flush=True)
-
-    def show(done: int, total: int) -> None:
-        print(f"eval {done}/{total} questions", flush=True)
-
-    report = run_eval(cfg, model_path, files, args.out, progress=show)
+    report = run_eval(cfg, model_path, files, args.out, progress=ProgressBar("eval questions"))
     print(report_table(dataclasses.asdict(report)), end="")
     print(f"report: {args.out}; table: {Path(args.out).with_suffix('.txt')}; "
           f"trajectories: {report.trajectories_file}")
@@ -246,7 +259,7 @@ def _cmd_curate(args: argparse.Namespace) -> int:
     from zoomrl.tiny import ensure_model
 
     cfg = load_config(args.config, _model_override(args) + args.overrides)
-    model_path = ensure_model(cfg.model)
+    model_path = ensure_model(cfg.model, cfg.data.synth)
     print(f"curating {args.data} with {model_path}, {cfg.curate.k} answers per row", flush=True)
     report = run_curate(cfg, model_path, args.data, args.out, show=lambda line: print(line, flush=True))
     stages = report["stages"]
@@ -264,6 +277,35 @@ def _cmd_export(args: argparse.Namespace) -> int:
     out = export_hf(args.checkpoint, args.out)
     print(f"exported {args.checkpoint} to {out} in {time.perf_counter() - start:.1f}s")
     return 0
+
+
+def _cmd_view(args: argparse.Namespace) -> int:
+    from zoomrl.viewer.server import make_server
+
+    try:
+        server = make_server(args.target, port=args.port)
+    except FileNotFoundError:
+        raise
+    except OSError as err:  # the port is taken, or not ours to use
+        print(f"zoomrl: error: cannot serve on 127.0.0.1:{args.port}: {err}", file=sys.stderr)
+        return 2
+    host, port = server.server_address[:2]
+    print(f"zoomrl view: http://{host}:{port}/ shows the trajectories of {args.target} (Ctrl-C stops)",
+          flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+    return 0
+
+
+def _port(text: str) -> int:
+    """An argparse type for a TCP port, 0 for any free one."""
+    if not text.isdigit() or int(text) > 65535:
+        raise argparse.ArgumentTypeError(f"not a port (0-65535): {text!r}")
+    return int(text)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -311,6 +353,15 @@ def build_parser() -> argparse.ArgumentParser:
     show = config_commands.add_parser("show", help="print the resolved config")
     _add_config_args(show)
     show.set_defaults(func=_cmd_config_show)
+    explain = config_commands.add_parser(
+        "explain", help="each field's docstring, type, allowed values and default")
+    explain.add_argument("prefix", nargs="?", default="", metavar="KEY_PREFIX",
+                         help="a section or key (rollout, rollout.engine, learner.lr) or the start of "
+                              "keys (rollout.max); default: every key")
+    explain.add_argument("--config", default=DEFAULT_PRESET,
+                         help=f"also show the values this preset or YAML file sets apart from the defaults "
+                              f"(default: {DEFAULT_PRESET})")
+    explain.set_defaults(func=_cmd_config_explain)
 
     rollout = commands.add_parser("rollout", help="run the rollout actors on prompts, without training")
     _add_config_args(rollout)
@@ -350,6 +401,15 @@ def build_parser() -> argparse.ArgumentParser:
                         help="a checkpoint folder (step-NNNNNNNN), or a folder of them (the latest)")
     export.add_argument("--out", required=True, help="output folder (transformers and vLLM load it)")
     export.set_defaults(func=_cmd_export)
+
+    view = commands.add_parser("view", help="show logged trajectories (images, zoom boxes, turns) "
+                                            "in a browser")
+    view.add_argument("target", metavar="RUN_DIR_OR_TRAJECTORIES_FILE",
+                      help="a run directory, an eval report's folder, or one trajectories .jsonl file")
+    view.add_argument("--port", type=_port, default=0,
+                      help="port on 127.0.0.1 (default: a free one; from another machine, forward it "
+                           "with ssh -L)")
+    view.set_defaults(func=_cmd_view)
     return parser
 
 

@@ -96,11 +96,41 @@ class TinyModelConfig:
 
 
 @dataclass
+class TinyBaseConfig:
+    """The pretrained tiny base built when `model.path` is 'tiny-base' (recipe: zoomrl/tiny_base.py).
+
+    Defaults: the full base (2.0M parameters; 160 steps took about 45 min on the shared 2-core
+    machine, 10-50 s a step under other load: over the 20 min aimed at); the preset
+    deepeyes-mini-ci shrinks it to a CI-size base by the same recipe."""
+
+    dims: TinyModelConfig = field(default_factory=lambda: TinyModelConfig(
+        hidden_size=192, intermediate_size=512, num_hidden_layers=3, num_attention_heads=3,
+        num_key_value_heads=1, vision_depth=3, vision_hidden_size=96,
+        vision_intermediate_size=256, vision_num_heads=2, vocab_size=1024))
+    """Model dimensions (and the seed of its initial weights)."""
+    images: Count = 160
+    """Synthetic images the supervised data is drawn from (split 'base', never train or test)."""
+    steps: Count = 160
+    """Optimizer steps."""
+    captions_per_step: Annotated[int, Range(ge=0)] = 12
+    """Crop-caption sequences per step (the perception stage, short sequences)."""
+    pointings_per_step: Annotated[int, Range(ge=0)] = 8
+    """Zoom-on-an-object sequences per step (the grounding stage, short sequences)."""
+    trajectories_per_step: Annotated[int, Range(ge=0)] = 2
+    """DeepEyes-format trajectories per step (the format: long, with the tool-use system prompt)."""
+    lr: Annotated[float, Range(gt=0)] = 2e-3
+    """Peak AdamW learning rate (linear warm-up over the first 5% of steps, cosine decay)."""
+    seed: Seed = 0
+    """Seed of the data draw and the batch order."""
+
+
+@dataclass
 class ModelConfig:
     """Which policy to train and how images become tokens."""
 
     path: str = "tiny"
-    """A Hugging Face folder or hub id of a Qwen2.5-VL model, or 'tiny' for the locally built one."""
+    """A Hugging Face folder or hub id of a Qwen2.5-VL model, 'tiny' for the locally built random
+    one, or 'tiny-base' for the locally pretrained one (zoomrl/tiny_base.py)."""
     cache_dir: str = "~/.cache/zoomrl"
     """Where the tiny model and the synthetic data are built and cached."""
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
@@ -112,6 +142,8 @@ class ModelConfig:
     (one token per 28x28 merged patch: 200704 px = 448x448 = 256 tokens)."""
     tiny: TinyModelConfig = field(default_factory=TinyModelConfig)
     """Dimensions used when path is 'tiny'."""
+    base: TinyBaseConfig = field(default_factory=TinyBaseConfig)
+    """Dimensions and recipe used when path is 'tiny-base' (zoomrl/tiny_base.py)."""
 
 
 @dataclass
@@ -127,6 +159,13 @@ class SynthConfig:
     (24-40 px, kept apart by their own size and off the border) often find no free place."""
     seed: Seed = 0
     """Seed of the generator; the same seed gives the same files."""
+    kinds: list[Literal["colour", "shape", "position"]] = field(
+        default_factory=lambda: ["colour", "shape", "position"])
+    """Question kinds drawn from: colour (of the only shape of a kind), shape (of the only object
+    of a colour), position (of one target relative to another)."""
+    clutter: Annotated[float, Range(ge=0)] = 1.0
+    """Distractors relative to the default density (1 = 30-60 on a 2048 px image, as many per
+    area on others); at least 4 are drawn whatever the value."""
 
 
 @dataclass
@@ -167,8 +206,9 @@ class EngineConfig:
     """Extra vLLM logits processor classes loaded into the engine, as 'module:Class' (e.g.
     'actors.forcing:ForcedTurnsLogitsProcessor', which scripts assistant turns for demos and tests)."""
     weights_dir: str = ""
-    """Folder where received weights are staged as safetensors for vLLM to reload ('' = the
-    system temp folder; /dev/shm keeps them in RAM)."""
+    """Folder of the shared buffer new weights are written into for vLLM's worker to load ('' =
+    /dev/shm, memory, else the system temp folder); the file is unlinked after the first load and
+    the buffer (one copy of the model per engine) kept mapped. See actors/engine.py."""
 
 
 PromptStyle = Literal["deepeyes"]
@@ -338,6 +378,10 @@ class LearnerConfig:
     """bf16 compute with fp32 master weights on GPU; CPU always runs fp32."""
     activation_checkpointing: bool = True
     """Recompute activations in backward to save memory."""
+    offload: bool = False
+    """Keep parameter shards, gradients and AdamW state in (pinned) CPU memory, copied to the GPU
+    unit by unit for compute (FSDP2's CPUOffloadPolicy); the optimizer steps on CPU. Frees the GPU
+    of all but one unit's weights at a time, for models whose state does not fit; GPU ranks only."""
     updates_per_step: Count = 1
     """Optimizer steps per policy version: the batch's groups split into this many mini-batches
     (1 = the reference recipe, one update per rollout batch)."""
@@ -350,7 +394,9 @@ class WeightSyncConfig:
     """How new weights reach the rollout engines."""
 
     method: Literal["object_store", "nccl"] = "object_store"
-    """object_store (one ray.put of the gathered state dict) | nccl (broadcast, GPU clusters)."""
+    """object_store (each learner rank's rows through the object store into a shared buffer each
+    engine loads from, learner/weights.py) | nccl (a broadcast to the engines' workers, for GPU
+    clusters: NOT built, refused at start-up; docs/cluster.md says what it needs)."""
 
 
 @dataclass
@@ -375,13 +421,56 @@ class RunConfig:
     """Policy updates to run (the paper trains about 80 steps)."""
     seed: Seed = 0
     """Global seed."""
+    forward_actor_logs: bool = False
+    """Print what the Ray actors print (vLLM engine logs, learner warnings, tracebacks) in this
+    process's output, each line prefixed with the actor and its pid (Ray's `log_to_driver`), so a
+    Ray job's `ray job logs` holds them; Ray folds lines repeated across actors into one. Off by
+    default: vLLM says ~50 lines per engine start and a few per weight update (95 of the 115 lines
+    of a 2-step tiny-cpu run), which bury the run's own. Either way every actor's output is in
+    Ray's log folder (/tmp/ray/session_latest/logs/worker-*.out on each node) and the dashboard."""
     checkpoint_every: Annotated[int, Range(ge=0)] = 10
     """Save a checkpoint every this many steps (0 = only at the end)."""
+    keep_checkpoints: Annotated[int, Range(ge=0)] = 0
+    """Complete checkpoints kept in the run directory: once a new one is complete, all but the
+    newest this many are removed (0 = keep all). The one just written and the newest loadable one
+    always stay; folders that are not complete checkpoints are never touched. A 7B checkpoint
+    with AdamW state is about 100 GB (docs/cluster.md)."""
+    eval_every: Annotated[int, Range(ge=0)] = 0
+    """Validate every this many steps (0 = never): the rollout actors, holding the step's weights,
+    answer the questions of eval_files the way `zoomrl eval` does (eval.n at eval.temperature,
+    options shuffled); figures go to every sink as val/... (docs/metrics.md), trajectories to
+    val/step-<k>.trajectories.jsonl in the run directory. Never trained on."""
+    eval_files: list[str] = field(default_factory=list)
+    """Held-out files to validate on (formats of `zoomrl eval`); empty means data.test_files, else
+    the synthetic test split (rows drawn apart from the train split's)."""
+    eval_max_questions: Annotated[int, Range(ge=0)] = 0
+    """Validate on the first this many questions of eval_files (0 = all of them)."""
+
+
+Tracker = Literal["tensorboard", "wandb"]
+"""Experiment trackers a run can log to (zoomrl/trackers.py), besides metrics.jsonl and the Prometheus
+endpoint, which every run writes and serves."""
+
+
+@dataclass
+class WandbConfig:
+    """The Weights & Biases run, when metrics.trackers has wandb. With WANDB_MODE=offline it is
+    written to the run directory's wandb/ folder for a later `wandb sync`."""
+
+    project: str = "zoomrl"
+    """W&B project."""
+    entity: str = ""
+    """W&B team or user; '' = the logged-in account's default entity."""
+    name: str = ""
+    """Display name of the W&B run; '' = the run directory's name."""
+    tags: list[str] = field(default_factory=list)
+    """Tags of the W&B run (e.g. [lr-sweep, 7b])."""
 
 
 @dataclass
 class MetricsConfig:
-    """Where metrics go: Ray metrics in every actor, a Prometheus endpoint in the driver."""
+    """Where metrics go: Ray metrics in every actor; from the driver, each step's figures to
+    metrics.jsonl, the Prometheus endpoint and the experiment trackers."""
 
     host: str = "127.0.0.1"
     """Interface of the driver's Prometheus endpoint."""
@@ -390,6 +479,13 @@ class MetricsConfig:
     share a machine never collide). A port given here that is taken ends the start with an error."""
     sample_trajectories: Annotated[int, Range(ge=0)] = 4
     """Trajectories written to the run directory per step, for viewing."""
+    trackers: list[Tracker] = field(default_factory=lambda: ["tensorboard"])
+    """Experiment trackers that get every per-step figure: tensorboard writes event files into the
+    run directory (`tensorboard --logdir runs`); wandb logs to W&B (metrics.wandb; needs `pip install
+    'zoomrl[wandb]'`), with the resolved config and a table of the sample trajectories. [] = only
+    metrics.jsonl and the Prometheus endpoint."""
+    wandb: WandbConfig = field(default_factory=WandbConfig)
+    """The W&B run, used when trackers has wandb."""
 
 
 @dataclass
@@ -507,20 +603,34 @@ def _keys_under(prefix: str, deep: bool = False) -> list[str]:
     return keys + [k for key in keys for k in _keys_under(key, deep)] if deep else keys
 
 
+def _without_none(hint: Any) -> Any:
+    """The annotation of an Optional field without its None (`Seed | None` -> `Seed`)."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return next(arg for arg in typing.get_args(hint) if arg is not type(None))
+    return hint
+
+
+def allowed_values(hint: Any) -> str | None:
+    """The domain declared on a field annotated `hint`, as messages say it ('one of a, b',
+    '> 0 and <= 1'), or None when its type is all there is."""
+    hint = _without_none(hint)
+    if typing.get_origin(hint) is Literal:
+        return f"one of {', '.join(map(str, typing.get_args(hint)))}"
+    ranges = [bound for bound in getattr(hint, "__metadata__", ()) if isinstance(bound, Range)]
+    return str(ranges[0]) if ranges else None
+
+
 def _domain_problem(hint: Any, value: Any) -> str | None:
     """What is wrong with `value` for a field annotated `hint` ('must be > 0'), or None."""
     if value is None:  # OmegaConf already refused None where the field is not Optional
         return None
     if isinstance(value, float) and not math.isfinite(value):
         return "must be a finite number"
-    if typing.get_origin(hint) in (typing.Union, types.UnionType):
-        hint = next(arg for arg in typing.get_args(hint) if arg is not type(None))
-    if typing.get_origin(hint) is Literal and value not in typing.get_args(hint):
-        return f"must be one of {', '.join(map(str, typing.get_args(hint)))}"
-    for bound in getattr(hint, "__metadata__", ()):
-        if isinstance(bound, Range) and not bound.allows(value):
-            return f"must be {bound}"
-    return None
+    hint = _without_none(hint)
+    outside = (typing.get_origin(hint) is Literal and value not in typing.get_args(hint)
+               or any(isinstance(bound, Range) and not bound.allows(value)
+                      for bound in getattr(hint, "__metadata__", ())))
+    return f"must be {allowed_values(hint)}" if outside else None
 
 
 def field_problem(key: str, value: Any) -> str | None:
@@ -529,17 +639,23 @@ def field_problem(key: str, value: Any) -> str | None:
     return _domain_problem(_hint_at(key), value)
 
 
+def unknown_key_help(key: str) -> str:
+    """What follows "unknown config key 'KEY'" in a message: close matches among the config's
+    keys, and the valid keys of its section ('; did you mean a or b? Valid keys here: ...')."""
+    parent = key.rsplit(".", 1)[0] if "." in key else ""
+    known = dict.fromkeys(_keys_under("", deep=True) + _keys_under(parent))  # ordered, no repeats
+    close = difflib.get_close_matches(key, known, n=3)
+    suggestion = f"; did you mean {' or '.join(close)}?" if close else ""
+    valid = _keys_under(parent)
+    here = f" Valid keys here: {', '.join(valid)}" if valid else ""
+    return suggestion + here
+
+
 def _explain(err: OmegaConfBaseException, source: str) -> ConfigError:
     key = getattr(err, "full_key", None) or ""
     msg = getattr(err, "msg", str(err)).splitlines()[0]
     if "not in struct" in msg or "Key '" in msg and "not in" in msg:
-        parent = key.rsplit(".", 1)[0] if "." in key else ""
-        known = dict.fromkeys(_keys_under("", deep=True) + _keys_under(parent))  # ordered, no repeats
-        close = difflib.get_close_matches(key, known, n=3)
-        suggestion = f"; did you mean {' or '.join(close)}?" if close else ""
-        valid = _keys_under(parent)
-        here = f" Valid keys here: {', '.join(valid)}" if valid else ""
-        return ConfigError(f"{source}: unknown config key '{key}'{suggestion}{here}")
+        return ConfigError(f"{source}: unknown config key '{key}'{unknown_key_help(key)}")
     hint = _hint_at(key)
     if typing.get_origin(hint) is Literal:
         return ConfigError(f"{source}: {key}={err.value!r}: {_domain_problem(hint, err.value)}")
@@ -578,6 +694,9 @@ def _cross_field_errors(cfg: Config) -> list[str]:
          f"rollout.max_tokens_per_turn={rollout.max_tokens_per_turn} must not exceed "
          f"rollout.max_response_tokens={rollout.max_response_tokens}"),
         ("default" in cfg.reward.weights, "reward.weights must have a 'default' entry"),
+        (not learner.offload or learner.num_gpus_per_rank > 0,
+         "learner.offload=true moves parameters and optimizer state from the GPU to CPU memory, but "
+         "learner.num_gpus_per_rank=0 runs the learner on CPU already; set learner.offload=false"),
         (rollout.top_p == 1 or learner.ratio_against == "recompute",
          f"rollout.top_p={rollout.top_p} needs learner.ratio_against=recompute: top-p samples from the "
          f"nucleus only, {off_policy}, or rollout.top_p=1"),
@@ -590,20 +709,24 @@ def _cross_field_errors(cfg: Config) -> list[str]:
     return [message for holds, message in rules if not holds]
 
 
+TOOL_LIST_KEYS = ("tools.enabled", "reward.bonus_tools")
+"""List fields whose items must be tool names (`tool_names()`, known only once tools/ is imported)."""
+
+
 def _check_values(cfg: Config) -> None:
     """Refuse the loaded config if a field is outside its domain or a rule between fields fails,
     naming every such key at once."""
     errors = _domain_errors(cfg, Config) or _cross_field_errors(cfg)
     if errors:
         raise ConfigError("; ".join(errors))
-    for dotted in ("tools.enabled", "reward.bonus_tools"):
+    for dotted in TOOL_LIST_KEYS:
         unknown = [name for name in OmegaConf.select(cfg, dotted) if name not in tool_names()]
         if unknown:
             raise ConfigError(f"{dotted}: unknown tools {unknown}; the tools are: "
                               f"{', '.join(tool_names())}")
 
 
-SINGLE_PATH_KEYS = ("data.train_files", "data.test_files")
+SINGLE_PATH_KEYS = ("data.train_files", "data.test_files", "run.eval_files")
 """List fields that also take one path as a plain string (`data.train_files=foo.parquet`)."""
 
 

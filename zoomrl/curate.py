@@ -19,7 +19,8 @@ Resumable: each sampled verdict is appended to OUT.progress.jsonl (keyed by stag
 after a header line with the settings) as soon as its group finishes; a rerun with the same
 settings skips them, and starts no engine when nothing is left. Writes the kept rows to OUT in
 the release format (`zoomrl.data.write_samples`) and OUT.report.json: the counts per stage and
-every dropped row with its reason.
+every dropped row with its reason. While a stage samples it shows its progress (a bar on a
+terminal, a line per ~5% in a log); each row's verdict is in OUT.progress.jsonl.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from zoomrl.config import Config, ConfigError
 from zoomrl.data import DataError, iter_file, write_samples
 from zoomrl.images import decode_image, encode_png
 from zoomrl.options import standardize
+from zoomrl.progress import ProgressBar
 from zoomrl.rollouts import RolloutSession
 from zoomrl.types import Group, Sample
 
@@ -153,17 +155,16 @@ class Progress:
 
 
 def _sample_stage(session: RolloutSession, progress: Progress, stage: str, samples: list[Sample],
-                  verdict_of: Callable[[Sample, Group], Verdict], show: Callable[[str], None],
+                  verdict_of: Callable[[Sample, Group], Verdict], advance: Callable[[int, int], None],
                   prepare: Callable[[Sample], Sample] = lambda sample: sample) -> list[Verdict]:
     """Verdicts of `samples` at a sampled stage: from the progress file, else by rolling out
-    `prepare(sample)` (same id), which only runs for the samples still to do."""
+    `prepare(sample)` (same id), which only runs for the samples still to do; `advance(done, total)`
+    after each (rows decided before a resume count as done)."""
     todo = [prepare(s) for s in samples if progress.get(stage, s.id) is None]
     by_id = {s.id: s for s in samples}
     for done, group in enumerate(session.groups(todo, stage), start=1):
-        verdict = verdict_of(by_id[group.sample.id], group)
-        progress.add(verdict)
-        show(f"{stage} {len(samples) - len(todo) + done}/{len(samples)}: {verdict.id} "
-             f"{'kept' if verdict.kept else 'dropped'}: {verdict.reason} ({verdict.detail})")
+        progress.add(verdict_of(by_id[group.sample.id], group))
+        advance(len(samples) - len(todo) + done, len(samples))
     return [progress.get(stage, s.id) for s in samples]
 
 
@@ -175,8 +176,12 @@ def _stage_summary(verdicts: list[Verdict]) -> dict[str, Any]:
 
 
 def run_curate(cfg: Config, model_path: str, data: str, out: str | Path,
-               show: Callable[[str], None] = print) -> dict[str, Any]:
-    """Curate `data` into `out`; returns the report (also written to OUT.report.json)."""
+               show: Callable[[str], None] = print,
+               progress_of: Callable[[str], Callable[[int, int], None]] = ProgressBar) -> dict[str, Any]:
+    """Curate `data` into `out`; returns the report (also written to OUT.report.json). `show`
+    gets the label stage's line; `progress_of(stage)` is what each sampled stage reports its
+    progress to, `(done, total)` after each row (default: a bar on a terminal, else a line per
+    ~5%)."""
     cfg = curate_config(cfg)
     k, out = cfg.curate.k, Path(out)
     rows, label_verdicts = read_rows(data, cfg.data.max_decoded_pixels)
@@ -188,14 +193,16 @@ def run_curate(cfg: Config, model_path: str, data: str, out: str | Path,
         with RolloutSession(cfg, model_path) as session:
             difficulty = _sample_stage(
                 session, progress, "difficulty", rows,
-                lambda sample, group: difficulty_verdict(sample.id, solved(group), k), show)
+                lambda sample, group: difficulty_verdict(sample.id, solved(group), k),
+                progress_of("difficulty"))
             full_correct = {v.id: v.correct for v in difficulty}
             passed = [s for s, v in zip(rows, difficulty, strict=True) if v.kept]
             boxed = [s for s in passed if s.gt_boxes]
             perception = _sample_stage(
                 session, progress, "perception", boxed,
                 lambda sample, group: perception_verdict(sample.id, solved(group),
-                                                         full_correct[sample.id], k), show,
+                                                         full_correct[sample.id], k),
+                progress_of("perception"),
                 prepare=lambda sample: with_ground_truth_crop(sample, cfg.curate.crop_context,
                                                               cfg.data.max_decoded_pixels))
         tokens_per_s = session.tokens_per_s

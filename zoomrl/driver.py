@@ -6,6 +6,12 @@ One loop in the driver process, which only hands references around; the work hap
     RolloutPool.poll -> ReplayQueue.put          (ObjectRefs of scored groups, never the data)
     ReplayQueue.get_batch -> LearnerGroup.train_step -> publish_weights -> RolloutPool.update_weights
 
+Every run.eval_every steps, a validation branch (zoomrl/validate.py): once the step's weights are
+published, the same actors answer the held-out run.eval_files as `zoomrl eval` does (eval.n at
+eval.temperature), their requests carrying the new version; training groups finishing meanwhile
+go to the queue as always, validation groups never do (nor count in it). The val/... figures join
+the step's figures; the learner waits for the validation, the actors do not.
+
 While the learner trains, the actors keep generating the groups already requested. Staleness is
 bounded twice. Requests: the groups of step k are only requested once the engines were sent
 version >= k - max_staleness (so max_staleness 0 is the synchronous generate -> train -> sync
@@ -30,7 +36,6 @@ from the checkpoint's values.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -38,6 +43,7 @@ from pathlib import Path
 
 import ray
 
+from learner.checkpoint import remove_old_checkpoints
 from learner.group import LearnerGroup
 from rewards import JudgeError
 from zoomrl.cluster import start_ray
@@ -46,12 +52,15 @@ from zoomrl.control import PoolStatus, start_control
 from zoomrl.data import read_samples
 from zoomrl.figures import step_figures
 from zoomrl.metrics import METRICS_BY_NAME, DriverMetrics
+from zoomrl.progress import Say, StartupLog
 from zoomrl.queue import QueuedGroup, QueueStats, ReplayQueueActor
-from zoomrl.records import trajectory_record
-from zoomrl.rollout_pool import RolloutPool
+from zoomrl.records import ImageStore, trajectory_record
+from zoomrl.rollout_pool import FinishedGroup, RolloutPool
 from zoomrl.run_setup import new_run_dir, prepare_inputs, set_aside_rows_after
 from zoomrl.stream import PromptStream, StreamPosition
+from zoomrl.trackers import check_trackers, open_trackers
 from zoomrl.types import GroupSummary, Sample
+from zoomrl.validate import validate, validation_questions
 
 CONTROL_POLL_S = 1.0
 
@@ -69,19 +78,27 @@ class JudgeWait:
 class Driver:
     """Owns the actors of one run and the loop that connects them."""
 
-    def __init__(self, cfg: Config, run_dir: Path | None = None, resume: bool = False) -> None:
+    def __init__(self, cfg: Config, run_dir: Path | None = None, resume: bool = False,
+                 say: Say | None = None) -> None:
         """run_dir None: a new run directory, made only once the model, the data (every row
         checked) and the metrics port are in hand, so a refused start leaves nothing behind.
-        resume: continue the run in run_dir from its latest checkpoint."""
+        resume: continue the run in run_dir from its latest checkpoint. say: where each start-up
+        stage reports (default: `[start 12.3s] ...` lines on stdout, timed from here)."""
         self.cfg = cfg
-        inputs = prepare_inputs(cfg)
+        self.say = say = say or StartupLog()
+        inputs = prepare_inputs(cfg, say)
         self.samples = {s.id: s for s in read_samples(inputs.train_files, cfg.data.max_decoded_pixels)}
+        say(f"data read: {len(self.samples)} training rows")
+        self.val_questions = validation_questions(cfg, inputs.test_files) if cfg.run.eval_every else []
+        """Held-out questions asked every run.eval_every steps (zoomrl/validate.py)."""
+        check_trackers(cfg)  # a missing tracker package refuses the start before anything is made
         self.metrics = DriverMetrics(cfg.metrics.host, cfg.metrics.port)
         self.run_dir = Path(run_dir) if run_dir is not None else new_run_dir(cfg)
         self.checkpoint_dir = self.run_dir / "checkpoints"
-        self.ray_info = start_ray(cfg)
+        self.images = ImageStore(self.run_dir)
+        self.ray_info = start_ray(cfg, say)
         self.queue = ReplayQueueActor.remote(cfg.queue.capacity_groups, cfg.queue.max_staleness)
-        self.learner = LearnerGroup(cfg, inputs.model_path)
+        self.learner = LearnerGroup(cfg, inputs.model_path, say)
         # Counters over the whole run, resumes included: groups the queue dropped as too stale,
         # groups requested again after a judge failure, and the queue's own (a fresh queue
         # counts from 0; `queue_carried` is where the checkpoint left them).
@@ -89,6 +106,7 @@ class Driver:
         self.queue_carried = QueueStats(0, 0, 0, 0, 0)
         if resume:
             state = self.learner.load_latest_checkpoint(self.checkpoint_dir)
+            say(f"checkpoint of step {self.learner.step} loaded")
             position = StreamPosition(**state.extra["stream"])
             pending = [(self.samples[sample_id], group_id) for sample_id, group_id in state.extra["pending"]]
             self.dropped_groups = state.extra.get("dropped_groups", 0)
@@ -107,7 +125,7 @@ class Driver:
         self.summaries: dict[str, GroupSummary] = {}
         """group id -> summary of every finished group not yet trained on (or dropped): the driver
         plans and logs from these and never fetches a whole group (the learner ranks do)."""
-        self.pool = RolloutPool(cfg, inputs.model_path, cfg.rollout.num_workers)
+        self.pool = RolloutPool(cfg, inputs.model_path, cfg.rollout.num_workers, say)
         if self.step > 0:  # the engines start from the model path: give them the resumed weights
             weights = self.learner.publish_weights(self.step)
             self.pool.update_weights(weights.version, weights.ref)
@@ -117,13 +135,16 @@ class Driver:
         self.stop_requested = False
         self.checkpointed_step = self.step
         self.rollout_tokens, self.last_step_time = 0, time.perf_counter()
-        self.dropped_logged, self.judge_reissued_logged = self.queue_carried.dropped, self.judge_reissued
+        self.metrics.carry_totals({"dropped_groups": self.queue_carried.dropped,
+                                   "judge_reissued_groups": self.judge_reissued})
         self.trained_groups = self.queue_carried.consumed
         self.judge_retries: dict[str, int] = {}
         """group id -> times it was requested again after a judge failure (until it comes back)."""
         self.judge_waiting: list[JudgeWait] = []
         self.judge_down: str | None = None
         """Why the run stops: a group failed on the judge more than reward.judge.group_retries times."""
+        self.trackers = open_trackers(cfg, self.run_dir, self.metrics, self.step if resume else None)
+        """Where each step's figures and sample trajectories go (metrics.jsonl, endpoint, trackers)."""
 
     # ---- requests ----
     def _next_request_step(self) -> int:
@@ -146,15 +167,19 @@ class Driver:
         """Move finished groups into the replay queue; forget groups it dropped as too stale (their
         steps get replacements from _request_groups)."""
         for done in self.pool.poll(timeout_s):
-            self.rollout_tokens += done.info.response_tokens
-            self.summaries[done.info.group_id] = done.info.summary
-            self.judge_retries.pop(done.info.group_id, None)
-            queued = QueuedGroup(done.ref, done.info.policy_version, done.info.group_id)
-            ray.get(self.queue.put.remote(queued))
+            self._enqueue(done)
         failed, self.pool.judge_failures = self.pool.judge_failures, []
         for request, error in failed:
             self._judge_failed(request.sample, request.group_id, error)
         self._forget_dropped()
+
+    def _enqueue(self, done: FinishedGroup) -> None:
+        """A finished training group into the replay queue."""
+        self.rollout_tokens += done.info.response_tokens
+        self.summaries[done.info.group_id] = done.info.summary
+        self.judge_retries.pop(done.info.group_id, None)
+        queued = QueuedGroup(done.ref, done.info.policy_version, done.info.group_id)
+        ray.get(self.queue.put.remote(queued))
 
     def _judge_failed(self, sample: Sample, group_id: str, error: Exception) -> None:
         """Request the group again after a backoff, or mark the run to stop when this group has
@@ -217,36 +242,53 @@ class Driver:
                        rollout_tokens_per_s=self.rollout_tokens / max(now - self.last_step_time, 1e-9))
         self.rollout_tokens, self.last_step_time = 0, now
         self.step = version
+        if self.val_questions and self.step % self.cfg.run.eval_every == 0:
+            figures.update(self._validate())
         self._log(figures, learner_figures, queue_stats, batch, groups)
         every = self.cfg.run.checkpoint_every
         if (every and self.step % every == 0) or self.step == self.cfg.run.total_steps:
             self._checkpoint()
         return figures
 
+    def _validate(self) -> dict[str, float]:
+        """The val/... figures of the weights just sent (the requests carry that version, so the
+        actors load it first). Training groups go on generating meanwhile and into the queue; a
+        judge that fails on a validation group skips this validation (training groups that fail on
+        it are handled as always)."""
+        self._request_groups()  # the next steps' groups, as far as the new version allows
+        out = self.run_dir / "val" / f"step-{self.step}.trajectories.jsonl"
+        try:
+            return validate(self.pool, self.val_questions, self.cfg, out, f"val{self.step}",
+                            others=self._enqueue).figures
+        except JudgeError as err:
+            print(f"validation at step {self.step} skipped: the judge failed ({_root_cause(err)})",
+                  flush=True)
+            return {}
+
     def _log(self, figures: dict, learner_figures: dict, queue_stats, batch: list[QueuedGroup],
              groups: list[GroupSummary]) -> None:
-        """The endpoint's metrics, a line of metrics.jsonl, and a few trajectories to read later."""
-        dropped_now, self.dropped_logged = queue_stats.dropped - self.dropped_logged, queue_stats.dropped
-        judge_now, self.judge_reissued_logged = (self.judge_reissued - self.judge_reissued_logged,
-                                                 self.judge_reissued)
-        self.metrics.record({k: v for k, v in figures.items() if k in METRICS_BY_NAME}
-                            | {"dropped_groups": dropped_now, "judge_reissued_groups": judge_now})
-        record = {"step": self.step, "time": time.time(), **figures, "learner": learner_figures,
-                  "queue": asdict(queue_stats), "reissued_groups": self.pool.reissued,
-                  "judge_reissued_groups": self.judge_reissued,
-                  "batch": [{"group_id": item.group_id, "policy_version": item.policy_version}
-                            for item in batch]}
-        with open(self.run_dir / "metrics.jsonl", "a") as sink:
-            sink.write(json.dumps(record) + "\n")
-        left = self.cfg.metrics.sample_trajectories
-        with open(self.run_dir / "trajectories.jsonl", "a") as sink:
-            for item, summary in zip(batch, groups, strict=True):
-                if left <= 0:
-                    break
-                group = ray.get(item.ref)  # only the groups shown are fetched here
-                for index in range(min(left, len(summary.trajectories))):
-                    sink.write(json.dumps({"step": self.step, **trajectory_record(group, index)}) + "\n")
-                left -= len(summary.trajectories)
+        """The step's figures (counters as running totals) and a few trajectories to every sink:
+        metrics.jsonl, the endpoint and the experiment trackers (zoomrl/trackers.py)."""
+        totals = {"dropped_groups": queue_stats.dropped, "judge_reissued_groups": self.judge_reissued}
+        details = {"learner": learner_figures, "queue": asdict(queue_stats),
+                   "reissued_groups": self.pool.reissued,
+                   "batch": [{"group_id": item.group_id, "policy_version": item.policy_version}
+                             for item in batch]}
+        self.trackers.log(self.step, figures | totals, details)
+        self.trackers.log_trajectories(self.step, self._sample_trajectories(batch, groups))
+
+    def _sample_trajectories(self, batch: list[QueuedGroup], groups: list[GroupSummary]) -> list[dict]:
+        """The first metrics.sample_trajectories trajectories of the step as records, their images
+        saved under the run directory (`zoomrl view` shows them)."""
+        records, left = [], self.cfg.metrics.sample_trajectories
+        for item, summary in zip(batch, groups, strict=True):
+            if left <= 0:
+                break
+            group = ray.get(item.ref)  # only the groups shown are fetched here
+            records += [{"step": self.step, **trajectory_record(group, index, self.images)}
+                        for index in range(min(left, len(summary.trajectories)))]
+            left -= len(summary.trajectories)
+        return records
 
     def _checkpoint(self) -> None:
         """Save the learner with the data position: the stream, and every group requested but not
@@ -262,8 +304,11 @@ class Driver:
         extra = {"stream": asdict(self.stream.position), "pending": pending,
                  "dropped_groups": self.dropped_groups, "judge_reissued_groups": self.judge_reissued,
                  "queue": asdict(queue)}
-        self.learner.save_checkpoint(self.checkpoint_dir, self.step, extra)
+        path = self.learner.save_checkpoint(self.checkpoint_dir, self.step, extra)
         self.checkpointed_step = self.step
+        keep = self.cfg.run.keep_checkpoints
+        for removed in remove_old_checkpoints(self.checkpoint_dir, keep, path):
+            print(f"checkpoint: removed {removed.name} (run.keep_checkpoints={keep})", flush=True)
 
     def _queue_stats(self) -> QueueStats:
         """The queue's counters over the whole run: this process's queue plus the checkpoint's."""
@@ -276,6 +321,10 @@ class Driver:
     def run(self, on_step: Callable[[dict], None] = lambda figures: None) -> dict:
         """Train until run.total_steps policy updates are done (or `zoomrl stop`); on_step sees each
         step's figures. Raises JudgeError, after a checkpoint, when the judge stays down."""
+        if self.step < self.cfg.run.total_steps:  # the last start-up line: the run is under way
+            self._request_groups()
+            self.say(f"step {self.step + 1} requested ({len(self.outstanding)} groups of "
+                     f"{self.cfg.rollout.n} in flight)")
         batch_ref = None
         while self.step < self.cfg.run.total_steps and not self.stop_requested and not self.judge_down:
             self._follow_control()
@@ -299,7 +348,7 @@ class Driver:
         ray.kill(self.control)
         self.pool.shutdown()
         self.learner.shutdown()
-        self.metrics.close()
+        self.trackers.close()  # the endpoint too
 
 
 def _root_cause(error: BaseException) -> str:

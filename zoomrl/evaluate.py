@@ -8,8 +8,8 @@ with a fixed seed unless eval.shuffle_options is false.
 
 Outputs, next to REPORT.json: REPORT.txt (the table `report_table` prints) and
 REPORT.trajectories.jsonl (one line per trajectory: `zoomrl.records.trajectory_record` plus
-`eval_set`, `category` and `prediction`). Every figure of the report is a function of those
-lines (`figures`), so it can be recomputed from them.
+`eval_set`, `category` and `prediction`; their images in images/, for `zoomrl view`). Every
+figure of the report is a function of those lines (`figures`), so it can be recomputed from them.
 
 The unit is the trajectory: accuracy is the share of trajectories whose answer is right, and its
 interval is the Wilson score interval at 95%, which assumes independent trials: exact for
@@ -21,19 +21,18 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
-from omegaconf import OmegaConf
-
+from actors.rollout import Sampling
 from rewards.answer import extract_answer
 from rewards.turns import assistant_turns
 from zoomrl.config import Config
 from zoomrl.data import DataError, iter_file
 from zoomrl.options import shuffle_options
-from zoomrl.records import trajectory_record
+from zoomrl.records import ImageStore, trajectory_record
 from zoomrl.rollouts import RolloutSession
 from zoomrl.types import Group, Sample
 
@@ -137,9 +136,14 @@ class EvalReport:
     trajectories_file: str
 
 
+def eval_sampling(cfg: Config) -> Sampling:
+    """How evaluation samples: eval.n trajectories at eval.temperature."""
+    return Sampling(n=cfg.eval.n, temperature=cfg.eval.temperature)
+
+
 def eval_config(cfg: Config) -> Config:
     """The config the rollout actors run under: eval.n trajectories at eval.temperature."""
-    return OmegaConf.merge(cfg, {"rollout": {"n": cfg.eval.n, "temperature": cfg.eval.temperature}})
+    return eval_sampling(cfg).apply(cfg)
 
 
 def load_eval_sets(files: list[str], cfg: Config) -> list[tuple[str, Sample]]:
@@ -170,9 +174,9 @@ def category_of(sample: Sample) -> str:
     return str(sample.extra["category"]) if "category" in sample.extra else sample.data_source
 
 
-def eval_record(group: Group, index: int, eval_set: str) -> dict[str, Any]:
+def eval_record(group: Group, index: int, eval_set: str, images: ImageStore) -> dict[str, Any]:
     """A `zoomrl rollout` trajectory record plus what the report groups and counts by."""
-    record = trajectory_record(group, index)
+    record = trajectory_record(group, index, images)
     record.update(eval_set=eval_set, category=category_of(group.sample),
                   prediction=extract_answer(assistant_turns(record["response_text"])))
     return record
@@ -189,24 +193,35 @@ def set_reports(records: list[dict[str, Any]]) -> dict[str, SetReport]:
     return reports
 
 
+def answer_records(groups: Iterable[Group], questions: list[tuple[str, Sample]], sink: TextIO,
+                   images: ImageStore,
+                   progress: Callable[[int, int], None] | None = None) -> list[dict[str, Any]]:
+    """The evaluation records of the groups answering `questions` (from `load_eval_sets`), each
+    also written as a line of `sink`, as the groups finish (`zoomrl eval`, and validation during
+    training: zoomrl/validate.py). `images` saves their images: an ImageStore on sink's folder."""
+    set_of = {sample.id: name for name, sample in questions}
+    records = []
+    for done, group in enumerate(groups, start=1):
+        for i in range(len(group.trajectories)):
+            record = eval_record(group, i, set_of[group.sample.id], images)
+            sink.write(json.dumps(record) + "\n")
+            records.append(record)
+        if progress is not None:
+            progress(done, len(questions))
+    return records
+
+
 def run_eval(cfg: Config, model_path: str, files: list[str], out: str | Path,
              progress: Callable[[int, int], None] | None = None) -> EvalReport:
     """Evaluate `model_path` on `files`; writes REPORT.json, REPORT.txt and the trajectories."""
     cfg = eval_config(cfg)
     questions = load_eval_sets(files, cfg)
-    set_of = {sample.id: name for name, sample in questions}
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     trajectories_file = out.with_suffix(".trajectories.jsonl")
-    records = []
     with RolloutSession(cfg, model_path) as session, open(trajectories_file, "w") as sink:
-        for done, group in enumerate(session.groups([s for _, s in questions], "eval"), start=1):
-            for i in range(len(group.trajectories)):
-                record = eval_record(group, i, set_of[group.sample.id])
-                sink.write(json.dumps(record) + "\n")
-                records.append(record)
-            if progress is not None:
-                progress(done, len(questions))
+        records = answer_records(session.groups([s for _, s in questions], "eval"), questions, sink,
+                                 ImageStore(trajectories_file.parent), progress)
     report = EvalReport(
         model=model_path, files=[str(f) for f in files], prompt_style=cfg.rollout.prompt_style,
         tools=list(cfg.tools.enabled), shuffle_options=cfg.eval.shuffle_options,

@@ -2,13 +2,16 @@
 
 `METRICS` is the single list: name, kind, meaning. Actors record through `ray.util.metrics`
 (`RayMetrics`), so the Ray dashboard and Ray's Prometheus endpoint show them; the driver serves the
-per-step figures with `prometheus_client` on its own HTTP endpoint (`DriverMetrics`). Names start
+per-step figures with `prometheus_client` on its own HTTP endpoint (`DriverMetrics`, one of the
+sinks of zoomrl/trackers.py, beside metrics.jsonl, TensorBoard and W&B). Names start
 with `zoomrl_`; `docs/metrics.md` documents each (a test keeps the two in step).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
 
@@ -18,7 +21,7 @@ from zoomrl.config import ConfigError
 @dataclass(frozen=True)
 class MetricSpec:
     name: str
-    """Metric name without the zoomrl_ prefix; also the key in metrics.jsonl."""
+    """The key in metrics.jsonl (and every tracker); the Prometheus name is `prometheus_name`."""
     kind: str
     """gauge (a per-step figure) | counter (a running total)."""
     description: str
@@ -66,20 +69,40 @@ METRICS: tuple[MetricSpec, ...] = (
                "engines (they load them while the next step runs)."),
     MetricSpec("step_seconds", "gauge", "Wall time of the step."),
     MetricSpec("learner_peak_memory_bytes", "gauge", "Peak memory of one learner rank in the step."),
+    # Validation (run.eval_every): held-out questions answered as `zoomrl eval` does, on the step's
+    # weights; set at the steps that validate (per-category accuracies go to the other sinks only).
+    MetricSpec("val/accuracy", "gauge", "Accuracy on the held-out questions (run.eval_files)."),
+    MetricSpec("val/tool_calls_per_trajectory", "gauge",
+               "Mean tool calls per held-out trajectory (failed ones too)."),
+    MetricSpec("val/zoom_share", "gauge",
+               "Share of held-out trajectories with at least one successful crop."),
+    MetricSpec("val/grounding_iou", "gauge", "Mean over held-out trajectories that zoomed on a "
+               "question with boxes of their best zoom box's IoU with a ground-truth box."),
+    MetricSpec("val/n", "gauge", "Held-out trajectories the val/ figures are over."),
+    MetricSpec("val/seconds", "gauge", "Seconds the validation took (training waits for it)."),
 )
 METRICS_BY_NAME = {m.name: m for m in METRICS}
 PREFIX = "zoomrl_"
 
 
+def prometheus_name(name: str) -> str:
+    """A metric's name on Prometheus: prefixed, with '/' (val/accuracy) as '_'."""
+    return PREFIX + name.replace("/", "_")
+
+
 class DriverMetrics:
-    """The driver's Prometheus endpoint: one gauge/counter per spec, set from each step's figures."""
+    """The driver's Prometheus endpoint: one gauge/counter per spec, set from each step's figures.
+    Also a sink of zoomrl.trackers (`log`), fed every figure of the step and keeping its own."""
 
     def __init__(self, host: str, port: int):
         self.registry = CollectorRegistry()
         self._metrics = {}
+        self._totals: dict[str, float] = {}
+        """Counter name -> the running total the last `log` saw (the counter went up to it)."""
         for spec in METRICS:
             cls = Counter if spec.kind == "counter" else Gauge
-            self._metrics[spec.name] = cls(PREFIX + spec.name, spec.description, registry=self.registry)
+            self._metrics[spec.name] = cls(prometheus_name(spec.name), spec.description,
+                                           registry=self.registry)
         try:
             self._server, self._thread = start_http_server(port, addr=host, registry=self.registry)
         except OSError as err:
@@ -103,6 +126,25 @@ class DriverMetrics:
             else:
                 metric.set(value)
 
+    def carry_totals(self, totals: dict[str, float]) -> None:
+        """Running totals a resumed run starts from: the counters count on from them, from 0 in
+        this process as any restarted process's counters do."""
+        self._totals.update(totals)
+
+    def log(self, step: int, figures: Mapping[str, float], details: Mapping[str, Any]) -> None:
+        """Tracker: record the figures named in METRICS (other figures, such as val/..., are for the
+        other sinks); counters come as running totals and go up by what they grew since."""
+        known = {}
+        for name, value in figures.items():
+            if name in METRICS_BY_NAME and METRICS_BY_NAME[name].kind == "counter":
+                known[name], self._totals[name] = value - self._totals.get(name, 0), value
+            elif name in METRICS_BY_NAME:
+                known[name] = value
+        self.record(known)
+
+    def log_trajectories(self, step: int, records: Sequence[Mapping[str, Any]]) -> None:
+        pass  # the endpoint serves numbers only
+
     def close(self) -> None:
         self._server.shutdown()
         self._server.server_close()
@@ -118,7 +160,7 @@ class RayMetrics:
         for name in names:
             spec = METRICS_BY_NAME[name]
             cls = ray_metrics.Counter if spec.kind == "counter" else ray_metrics.Gauge
-            self._metrics[name] = cls(PREFIX + spec.name, description=spec.description,
+            self._metrics[name] = cls(prometheus_name(spec.name), description=spec.description,
                                       tag_keys=tag_keys)
 
     def record(self, figures: dict[str, float], tags: dict[str, str] | None = None) -> None:

@@ -24,9 +24,10 @@ import ray
 from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
 
 from actors import GroupInfo, RolloutActor
-from actors.rollout import PolicyWeights
+from actors.rollout import PolicyWeights, Sampling
 from rewards import JudgeError
 from zoomrl.config import Config
+from zoomrl.progress import Say, quiet
 from zoomrl.types import Sample
 
 ACTOR_FAILURES = (RayActorError, ActorDiedError, ActorUnavailableError)
@@ -41,6 +42,8 @@ class GroupRequest:
     """The actor handle working on it."""
     group_ref: ray.ObjectRef
     """Where the scored Group will be (owned by the driver, so it outlives the actor)."""
+    sampling: Sampling | None = None
+    """The request's own n and temperature (validation); None = the config's."""
 
 
 @dataclass
@@ -53,7 +56,8 @@ class FinishedGroup:
 class RolloutPool:
     """N rollout actors, kept busy by `submit`, drained by `poll`."""
 
-    def __init__(self, cfg: Config, model_path: str, num_workers: int) -> None:
+    def __init__(self, cfg: Config, model_path: str, num_workers: int, say: Say = quiet) -> None:
+        """Start num_workers actors and return once every engine is up (`say` gets a line each)."""
         self._actor_class = RolloutActor.options(
             num_cpus=cfg.rollout.num_cpus_per_worker, num_gpus=cfg.rollout.num_gpus_per_worker,
             max_restarts=-1, max_task_retries=0)
@@ -74,7 +78,7 @@ class RolloutPool:
         """Requests whose reward task failed on the judge after all its retries: the driver takes
         them and decides when to request them again (zoomrl/driver.py)."""
         self.resize(num_workers)
-        self.wait_started()
+        self.wait_started(say)
 
     @property
     def size(self) -> int:
@@ -94,14 +98,20 @@ class RolloutPool:
             self.retiring.append(self.actors.pop())
         self._retire_idle()
 
-    def wait_started(self) -> None:
-        """Block until every starting actor takes requests (the first engines of a run)."""
+    def wait_started(self, say: Say = quiet) -> None:
+        """Block until every starting actor takes requests (the first engines of a run); `say`
+        gets `rollout engine k/N ready` as each one comes up."""
+        total, up = len(self.starting), 0
         while self.starting:
-            self._admit_started(timeout_s=None)
+            ray.wait(list(self.starting), num_returns=1)  # the next engine up
+            for _ in range(self._admit_started(timeout_s=0)):
+                up += 1
+                say(f"rollout engine {up}/{total} ready")
 
-    def _admit_started(self, timeout_s: float | None) -> None:
+    def _admit_started(self, timeout_s: float | None) -> int:
         """Actors whose engine is up take requests, after loading the current weights (without the
-        driver waiting: an actor starts no group while it loads, see update_weights)."""
+        driver waiting: an actor starts no group while it loads, see update_weights). Returns how
+        many were admitted."""
         ready, _ = ray.wait(list(self.starting), num_returns=len(self.starting), timeout=timeout_s)
         for ready_ref in ready:
             actor = self.starting.pop(ready_ref)
@@ -109,6 +119,7 @@ class RolloutPool:
             if self.weights is not None:
                 self.loading.append(actor.update_weights.remote(self.weights.version, self.weights.ref))
             self.actors.append(actor)
+        return len(ready)
 
     def _retire_idle(self) -> None:
         busy = {id(request.actor) for request in self.in_flight.values()}
@@ -116,14 +127,21 @@ class RolloutPool:
             self.retiring.remove(actor)
             self._stop(actor)
 
-    def submit(self, sample: Sample, group_id: str) -> None:
-        """Send one group request to the least busy actor."""
+    def submit(self, sample: Sample, group_id: str, sampling: Sampling | None = None) -> None:
+        """Send one group request to the least busy actor; `sampling` replaces the config's n and
+        temperature for this group only (validation requests among training ones)."""
         def load(actor) -> int:
             return sum(1 for request in self.in_flight.values() if request.actor is actor)
 
         actor = min(self.actors, key=load)
-        info_ref, group_ref = actor.generate_group.remote(sample, group_id, self.weights)
-        self.in_flight[info_ref] = GroupRequest(sample, group_id, actor, group_ref)
+        info_ref, group_ref = actor.generate_group.remote(sample, group_id, self.weights, sampling)
+        self.in_flight[info_ref] = GroupRequest(sample, group_id, actor, group_ref, sampling)
+
+    def discard(self, group_ids: set[str]) -> None:
+        """Forget the requests of these groups (and their judge failures): `poll` never hands them
+        out, and a failed actor's are not re-issued. The actors finish them all the same."""
+        self.in_flight = {ref: r for ref, r in self.in_flight.items() if r.group_id not in group_ids}
+        self.judge_failures = [(r, err) for r, err in self.judge_failures if r.group_id not in group_ids]
 
     def poll(self, timeout_s: float) -> list[FinishedGroup]:
         """Every group finished, waiting up to timeout_s for the first; a failed actor's groups are
@@ -170,7 +188,7 @@ class RolloutPool:
                         raise
                     time.sleep(1.0)
         self.reissued += 1
-        self.submit(request.sample, request.group_id)
+        self.submit(request.sample, request.group_id, request.sampling)
 
     def update_weights(self, version: int, weights_ref: ray.ObjectRef, wait: bool = True) -> None:
         """Send a new policy version to every actor; with `wait`, return once all hold it.

@@ -3,8 +3,8 @@
 `RolloutSession` owns the rollout actors of one batch job: it starts them on first use (so a job
 with nothing left to do never starts an engine), feeds them lists of samples and hands back each
 scored group as it finishes. `run_rollouts` is `zoomrl rollout`: every trajectory goes to a
-JSON-lines file (text, tool calls with boxes in original pixels, reward parts, end reason), and a
-summary of the whole set is returned.
+JSON-lines file (text, tool calls with boxes in original pixels, reward parts, end reason; its
+images in images/ beside it: `zoomrl view`), and a summary of the whole set is returned.
 """
 
 from __future__ import annotations
@@ -12,16 +12,17 @@ from __future__ import annotations
 import json
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
 import ray
 
+from actors.rollout import Sampling
 from zoomrl.cluster import start_ray
 from zoomrl.config import Config
-from zoomrl.records import trajectory_record
-from zoomrl.rollout_pool import RolloutPool
+from zoomrl.records import ImageStore, trajectory_record
+from zoomrl.rollout_pool import FinishedGroup, RolloutPool
 from zoomrl.types import Group, Sample
 
 GROUPS_IN_FLIGHT_PER_ACTOR = 4  # enough for the engine to batch across groups, bounded memory
@@ -59,18 +60,10 @@ class RolloutSession:
             return
         pool = self.pool
         start = time.perf_counter()
-        pending = list(enumerate(samples))
         try:
-            while pending or pool.in_flight:
-                while pending and len(pool.in_flight) < GROUPS_IN_FLIGHT_PER_ACTOR * len(pool.actors):
-                    index, sample = pending.pop(0)
-                    pool.submit(sample, f"{group_prefix}-{index}")
-                for done in pool.poll(timeout_s=1.0):
-                    group = ray.get(done.ref)
-                    self.response_tokens += sum(t.num_sampled_tokens for t in group.trajectories)
-                    yield group
-                if pool.judge_failures:  # only training requests such groups again (driver.py)
-                    raise pool.judge_failures[0][1]
+            for group in pool_groups(pool, samples, group_prefix):
+                self.response_tokens += sum(t.num_sampled_tokens for t in group.trajectories)
+                yield group
         finally:
             self.generate_s += time.perf_counter() - start
 
@@ -91,14 +84,45 @@ class RolloutSession:
         self.close()
 
 
+def pool_groups(pool: RolloutPool, samples: list[Sample], group_prefix: str,
+                sampling: Sampling | None = None,
+                others: Callable[[FinishedGroup], None] | None = None) -> Iterator[Group]:
+    """Each sample's scored group from `pool`, in the order they finish; ids '<group_prefix>-<index>'.
+
+    A pool that also generates other groups (a training run validating) hands each of those that
+    finishes meanwhile to `others`, and keeps their judge failures for their owner. sampling: these
+    groups' n and temperature, None = the config's.
+    """
+    pending, mine = list(enumerate(samples)), set()
+    try:
+        while pending or mine:
+            while pending and len(mine) < GROUPS_IN_FLIGHT_PER_ACTOR * len(pool.actors):
+                index, sample = pending.pop(0)
+                mine.add(f"{group_prefix}-{index}")
+                pool.submit(sample, f"{group_prefix}-{index}", sampling)
+            for done in pool.poll(timeout_s=1.0):
+                if done.info.group_id not in mine:
+                    if others is None:
+                        raise RuntimeError(f"group {done.info.group_id} is not one of {group_prefix}-*")
+                    others(done)
+                    continue
+                mine.remove(done.info.group_id)
+                yield ray.get(done.ref)
+            failed = [error for request, error in pool.judge_failures if request.group_id in mine]
+            if failed:  # only training requests such groups again (driver.py): these end the job
+                raise failed[0]
+    finally:  # stopped early (an error, a consumer that stopped reading): the rest is no one's
+        pool.discard(mine)
+
+
 def run_rollouts(cfg: Config, model_path: str, samples: list[Sample], out: str | Path) -> dict:
     """rollout.n trajectories of each sample over rollout.num_workers actors; writes `out`."""
-    records = []
+    records, images = [], ImageStore(Path(out).parent)
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     with RolloutSession(cfg, model_path) as session, open(out, "w") as sink:
         for group in session.groups(samples, "rollout"):
             for i in range(len(group.trajectories)):
-                record = trajectory_record(group, i)
+                record = trajectory_record(group, i, images)
                 sink.write(json.dumps(record) + "\n")
                 records.append(record)
     return summarize(records, session.generate_s, session.startup_s)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from zoomrl.config import Config, save_config
 from zoomrl.data import check_data_files
+from zoomrl.progress import Say, quiet
 from zoomrl.synth import write_synthetic
 from zoomrl.tiny import ensure_model
 
@@ -31,7 +32,8 @@ class RunInputs:
 def synthetic_data_dir(cfg: Config) -> Path:
     """Cache folder of the synthetic set for these settings (content-addressed)."""
     s = cfg.data.synth
-    key = json.dumps([s.n_train, s.n_test, s.image_size, s.seed], sort_keys=True)
+    key = json.dumps([s.n_train, s.n_test, s.image_size, s.seed, list(s.kinds), s.clutter],
+                     sort_keys=True)
     digest = hashlib.sha256(key.encode()).hexdigest()[:12]
     return Path(cfg.model.cache_dir).expanduser() / "data" / f"synth-{digest}"
 
@@ -47,7 +49,7 @@ def ensure_data(cfg: Config) -> tuple[list[str], list[str]]:
     train, test = out / "train.parquet", out / "test.parquet"
     if not (train.is_file() and test.is_file()):
         s = cfg.data.synth
-        write_synthetic(out, s.n_train, s.n_test, s.image_size, s.seed)
+        write_synthetic(out, s.n_train, s.n_test, s.image_size, s.seed, list(s.kinds), s.clutter)
     return [str(train)], list(cfg.data.test_files) or [str(test)]
 
 
@@ -106,8 +108,10 @@ def _row_step(line: str) -> float:
         return math.inf
 
 
-def prepare_inputs(cfg: Config) -> RunInputs:
-    """Build or locate the model and the data named by the config."""
-    model_path = ensure_model(cfg.model)
+def prepare_inputs(cfg: Config, say: Say = quiet) -> RunInputs:
+    """Build or locate the model and the data named by the config; `say` gets a line for each."""
+    model_path = ensure_model(cfg.model, cfg.data.synth)
+    say(f"model ready: {model_path}")
     train_files, test_files = ensure_data(cfg)
+    say(f"data files ready: {len(train_files)} train, {len(test_files)} test")
     return RunInputs(model_path=model_path, train_files=train_files, test_files=test_files)

@@ -48,7 +48,7 @@ def run_config(cfg: Config, staleness: int, steps: int, runs_dir: str) -> Config
     return OmegaConf.merge(cfg, {
         "queue": {"max_staleness": staleness, "capacity_groups": max(cfg.queue.capacity_groups, in_flight)},
         "run": {"total_steps": steps + 2, "checkpoint_every": 0, "runs_dir": runs_dir,
-                "name": f"bench-staleness{staleness}"},
+                "name": f"bench-staleness{staleness}", "eval_every": 0},  # the schedule alone
         "metrics": {"port": 0}})
 
 
