@@ -13,7 +13,6 @@ import ray
 import torch
 from omegaconf import OmegaConf
 from ray_metrics import samples, scrape_ray_metrics
-from test_weight_sync import split
 from transformers import AutoImageProcessor, Qwen2_5_VLForConditionalGeneration
 
 from actors import RolloutActor
@@ -156,28 +155,6 @@ def test_weight_update_changes_generations_and_restoring_restores_them(free, sam
     assert texts[2] == texts[0]
     np.testing.assert_allclose(restored.trajectories[0].behavior_logprobs,
                                before.trajectories[0].behavior_logprobs, atol=1e-4)
-
-
-def test_weights_in_learner_parts_load_as_the_whole_state_dict_does(free, sample, tiny_model_path):
-    """The route training takes: every learner rank's rows in the object store, written by the
-    actor into its engine's shared buffer (see actors/engine.py), loaded by vLLM's worker."""
-    original = Qwen2_5_VLForConditionalGeneration.from_pretrained(tiny_model_path).state_dict()
-    generator = torch.Generator().manual_seed(1)
-    perturbed = {name: t + 0.5 * torch.randn(t.shape, generator=generator) if t.is_floating_point() else t
-                 for name, t in original.items()}
-    current = ray.get(free.ready.remote())
-    assert ray.get(free.update_weights.remote(current + 1, ray.put(perturbed))) == current + 1
-    whole = generate(free, sample, "parts")[1]
-    assert ray.get(free.update_weights.remote(current + 2, ray.put(original))) == current + 2
-    parts = [ray.put(part) for part in split(perturbed, 3)]  # as LearnerGroup.publish_weights sends them
-    assert ray.get(free.update_weights.remote(current + 3, parts)) == current + 3
-    from_parts = generate(free, sample, "parts")[1]
-    assert [t.response_text for t in from_parts.trajectories] == [t.response_text for t in whole.trajectories]
-    np.testing.assert_array_equal(from_parts.trajectories[0].behavior_logprobs,
-                                  whole.trajectories[0].behavior_logprobs)
-    phases = ray.get(free.timing.remote())
-    assert all(phases[f"weights_{phase}"] > 0 for phase in ("hand_off_s", "engine_load_s", "cache_reset_s"))
-    ray.get(free.update_weights.remote(current + 4, ray.put(original)))  # for the tests after this one
 
 
 def test_groups_in_flight_finish_on_the_old_weights(free, sample, tiny_model_path):

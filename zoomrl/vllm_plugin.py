@@ -1,5 +1,4 @@
-"""Code vLLM runs in each of its processes: an engine dies with the process that started it, and
-knows zoomrl's weight-transfer backend.
+"""Code vLLM runs in each of its processes: an engine dies with the process that started it.
 
 vLLM's AsyncLLM starts its engine core as a child process, and the core starts its workers. When
 the parent is killed (a rollout actor or a `zoomrl train` driver ended by kill -9, or by Ray when
@@ -10,11 +9,7 @@ PR_SET_PDEATHSIG), but only the child can ask for it, after it started; vLLM loa
 where `die_with_parent` runs. SIGTERM is vLLM's own shutdown: the core stops its workers and
 frees its shared memory.
 
-`register_weight_transfer` adds the shared-memory backend of `zoomrl.weight_transfer` to vLLM's
-registry of weight-transfer engines, in the worker processes where vLLM looks it up by name.
-
-This module imports only the standard library (vLLM's modules inside the function that needs
-them): it is loaded in every vLLM process.
+This module imports only the standard library: it is loaded in every vLLM process.
 """
 
 from __future__ import annotations
@@ -40,15 +35,3 @@ def die_with_parent() -> None:
         raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
     if os.getppid() != parent.pid:  # the parent died before the request: no signal will come
         os.kill(os.getpid(), signal.SIGTERM)
-
-
-def register_weight_transfer() -> None:
-    """Register `zoomrl.weight_transfer.BACKEND` (imported when an engine first uses it). vLLM may
-    load plugins more than once in a process: a second call does nothing."""
-    from vllm.distributed.weight_transfer.factory import WeightTransferEngineFactory
-
-    from zoomrl.weight_transfer import BACKEND
-
-    if BACKEND not in WeightTransferEngineFactory._registry:  # no public "is registered" query
-        WeightTransferEngineFactory.register_engine(BACKEND, "zoomrl.weight_transfer",
-                                                    "SharedMemoryWeightTransferEngine")
