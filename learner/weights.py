@@ -1,16 +1,21 @@
 """Publishing weights to the rollout engines.
 
-Object store (the default, `weight_sync.method: object_store`): every rank joins one gather of
-the full state dict onto rank 0 (CPU, engine dtype, names exactly as
-`Qwen2_5_VLForConditionalGeneration.state_dict()` gives them, which vLLM's `load_weights` and
-`reload_weights` take); rank 0's method returns it packed as numpy byte arrays
-(`zoomrl.tensors.pack`), so Ray stores it once in the object store, hands the caller a reference,
-and every actor on the node reads it without a copy (a pickled torch tensor is copied in and
-out). The driver gives rollout actors a `WeightsRef`; passing `ref` as a top-level argument of an
-actor call makes Ray resolve it to the packed dict on their node:
+Object store (the default, `weight_sync.method: object_store`): NO gather. Each rank converts its
+own FSDP2 shard of every tensor (rows of dim 0) to the engine dtype on the CPU and returns it as
+`RankShards` (numpy byte arrays, `zoomrl.tensors.pack`), so Ray stores each rank's part once in
+the object store, in parallel, and every actor on a node reads them without a copy; the actor
+writes each part straight to its place in the full tensor, in the buffer its engine loads from
+(actors/engine.py). A full gather onto rank 0 would send half the model through gloo's TCP
+sockets on two CPU ranks (most of the publish time here), and costs one more copy everywhere.
+`LearnerGroup.publish_weights` returns a `WeightsRef` whose `ref` is an ObjectRef of the list of
+the ranks' ObjectRefs; passing it as a top-level argument of an actor call makes Ray resolve it
+to that list (the parts themselves stay unfetched until the actor awaits them):
 
     weights = learner.publish_weights(version)
     ray.get([actor.update_weights.remote(weights.version, weights.ref) for actor in actors])
+
+A tensor that is not sharded on dim 0 (a plain tensor, another placement) is gathered with
+`full_tensor()`, a collective every rank joins in the same order, and rank 0 sends it whole.
 
 An NCCL broadcast from rank 0 to the vLLM workers (`weight_sync.method: nccl`) is not built:
 `LearnerGroup` refuses it at start-up (see learner/README.md for what it needs).
@@ -18,11 +23,15 @@ An NCCL broadcast from rank 0 to the vLLM workers (`weight_sync.method: nccl`) i
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+from torch.distributed.tensor import DTensor, Shard
+
+from zoomrl.tensors import PackedTensors, pack, unpack
 
 
 @dataclass(frozen=True)
@@ -32,11 +41,70 @@ class WeightsRef:
     version: int
     """Policy version (updates done) these weights are."""
     ref: object
-    """ray.ObjectRef of a zoomrl.tensors.PackedTensors: full HF state dict, CPU, engine dtype
-    (`zoomrl.tensors.unpack` gives the dict[str, torch.Tensor])."""
+    """ray.ObjectRef of the list of every rank's ray.ObjectRef of its `RankShards` (CPU, engine
+    dtype, HF names); `assemble` gives the full state dict."""
 
 
-def full_state_dict(model: nn.Module, dtype: torch.dtype) -> dict[str, torch.Tensor]:
-    """Gather the full state dict onto rank 0 (CPU, in dtype); other ranks get {}. Collective."""
-    state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-    return {name: tensor.to(dtype) for name, tensor in state.items()}
+@dataclass(frozen=True)
+class RankShards:
+    """One learner rank's rows of every tensor of the policy, for the object store."""
+
+    packed: PackedTensors
+    """name -> this rank's rows (contiguous, engine dtype); a name this rank holds no rows of is
+    absent. Shapes are the rows' own."""
+    full_shapes: dict[str, tuple[int, ...]]
+    """name -> the full tensor's shape, for every name of the state dict (on every rank)."""
+    row_starts: dict[str, int]
+    """name -> index along dim 0 of this rank's first row in the full tensor."""
+
+    @property
+    def nbytes(self) -> int:
+        return sum(array.nbytes for array in self.packed.arrays.values())
+
+
+def rank_shards(model: nn.Module, dtype: torch.dtype, rank: int, world_size: int) -> RankShards:
+    """This rank's part of the full state dict (HF names), in `dtype`, on the CPU. Collective only
+    for tensors not sharded on dim 0 (`full_tensor()`, same order on every rank)."""
+    state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=False))
+    rows: dict[str, torch.Tensor] = {}
+    full_shapes, row_starts = {}, {}
+    for name, tensor in state.items():
+        full_shapes[name] = tuple(tensor.shape)
+        start = _dim0_shard_start(tensor, rank, world_size)
+        if start is None:  # not a plain dim-0 shard: gathered whole, sent by rank 0
+            full = tensor.full_tensor() if isinstance(tensor, DTensor) else tensor
+            if rank == 0:
+                rows[name], row_starts[name] = full.detach().to("cpu", dtype), 0
+        elif tensor.to_local().shape[0] > 0:
+            rows[name], row_starts[name] = tensor.to_local().detach().to("cpu", dtype), start
+    return RankShards(pack(rows), full_shapes, row_starts)
+
+
+def _dim0_shard_start(tensor: torch.Tensor, rank: int, world_size: int) -> int | None:
+    """First row of this rank's shard when `tensor` is a DTensor sharded on dim 0 over a 1-D mesh
+    as FSDP2 shards (torch.chunk: ceil(rows / world) rows per rank, the last ones shorter or
+    empty); None for anything else."""
+    if not isinstance(tensor, DTensor) or tensor.device_mesh.ndim != 1 or tensor.placements != (Shard(0),):
+        return None
+    rows = tensor.shape[0]
+    chunk = math.ceil(rows / world_size)
+    start = min(rank * chunk, rows)
+    if tensor.to_local().shape[0] != min(chunk, rows - start):
+        return None  # another split than torch.chunk's: gather it rather than misplace rows
+    return start
+
+
+def assemble(parts: list[RankShards]) -> dict[str, torch.Tensor]:
+    """The full state dict from every rank's parts (new tensors; for tests and tools: the rollout
+    engines write the parts straight into their load buffer instead)."""
+    dtypes = {name: dtype for part in parts for name, dtype in part.packed.dtypes.items()}
+    full = {name: torch.empty(shape, dtype=getattr(torch, dtypes[name]))
+            for name, shape in parts[0].full_shapes.items() if name in dtypes}
+    for part in parts:
+        for name, array in part.packed.arrays.items():
+            rows = unpack(PackedTensors({name: array}, part.packed.dtypes, part.packed.shapes, {}))[name]
+            start = part.row_starts[name]
+            target = full[name][start:start + rows.shape[0]] if rows.ndim else full[name]  # a scalar: whole
+            target.copy_(rows)
+    aliases = {alias: original for part in parts for alias, original in part.packed.aliases.items()}
+    return full | {alias: full[original] for alias, original in aliases.items()}

@@ -34,10 +34,9 @@ from learner.batching import BatchError, MicroBatch, StepShard, check_trajectory
 from learner.checkpoint import TrainerState, load_checkpoint, save_checkpoint
 from learner.grpo import grpo_loss
 from learner.model import load_policy, parallelize, token_logprobs
-from learner.weights import full_state_dict
+from learner.weights import RankShards, rank_shards
 from zoomrl.config import Config
 from zoomrl.metrics import RayMetrics
-from zoomrl.tensors import PackedTensors, pack
 from zoomrl.types import Group
 
 # Loss statistics summed over micro-batches and ranks. Each is normalized by the step's global
@@ -109,17 +108,19 @@ class LearnerWorker:
         self.device = torch.device("cuda", 0) if use_gpu else torch.device("cpu")
         keep_gloo_on_loopback(master_addr)
         store = rendezvous_store(master_addr, master_port, rank, world_size)
-        dist.init_process_group("nccl" if use_gpu else "gloo", store=store, rank=rank, world_size=world_size,
+        # offloaded (CPU) shards meet in CPU collectives too (the grad-norm all-reduce): gloo for those
+        backend = ("cuda:nccl,cpu:gloo" if self.learner.offload else "nccl") if use_gpu else "gloo"
+        dist.init_process_group(backend, store=store, rank=rank, world_size=world_size,
                                 device_id=self.device if use_gpu else None)
         torch.manual_seed(cfg.run.seed + rank)
         mesh = init_device_mesh(self.device.type, (world_size,))
-        bf16 = use_gpu and self.learner.mixed_precision
-        self.model = parallelize(load_policy(model_path), mesh, bf16=bf16,
+        bf16, offload = use_gpu and self.learner.mixed_precision, self.learner.offload
+        self.model = parallelize(load_policy(model_path), mesh, bf16=bf16, offload=offload,
                                  activation_checkpointing=self.learner.activation_checkpointing)
         self.reference = None  # KL 0 (the recipe): no reference model is built or loaded
         if self.learner.kl_coef > 0:
-            self.reference = parallelize(load_policy(model_path).eval().requires_grad_(False),
-                                         mesh, bf16=bf16, activation_checkpointing=False)
+            self.reference = parallelize(load_policy(model_path).eval().requires_grad_(False), mesh,
+                                         bf16=bf16, offload=offload, activation_checkpointing=False)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=self.learner.lr,
                                            weight_decay=self.learner.weight_decay)
         size = {"shortest_edge": cfg.model.min_pixels, "longest_edge": cfg.model.max_pixels}
@@ -214,10 +215,14 @@ class LearnerWorker:
         # copies: on one CPU rank the gathered tensors are the live parameters themselves
         return tree_map_only(Tensor, torch.clone, state)
 
-    def state_dict_for_engine(self) -> PackedTensors:
-        """Full HF state dict in the engine dtype on rank 0 (empty elsewhere), packed for the
-        object store; see learner.weights."""
-        return pack(full_state_dict(self.model, getattr(torch, self.cfg.model.dtype)))
+    # Two results: the part's size, which the driver waits on (an error surfaces there), and the
+    # part itself, which stays in the object store until rollout actors read it.
+    @ray.method(num_returns=2)
+    def state_dict_for_engine(self) -> tuple[int, RankShards]:
+        """This rank's rows of the HF state dict in the engine dtype, for the object store, and
+        their size in bytes; no gather (see learner.weights)."""
+        part = rank_shards(self.model, getattr(torch, self.cfg.model.dtype), self.rank, self.world_size)
+        return part.nbytes, part
 
     def save_checkpoint(self, root: str, step: int, extra: dict) -> str:
         """Checkpoint this step under root (atomically); returns the checkpoint folder.

@@ -30,8 +30,8 @@ from transformers import AutoConfig, AutoProcessor, Qwen2_5_VLForConditionalGene
 from learner.batching import resolve
 from learner.checkpoint import export_hf, latest_checkpoint
 from learner.group import LearnerGroup
+from learner.weights import assemble
 from zoomrl.config import load_config
-from zoomrl.tensors import PackedTensors, unpack
 from zoomrl.types import Group
 
 pytestmark = pytest.mark.slow
@@ -173,15 +173,17 @@ def test_a_trajectory_one_rank_refuses_stops_every_rank_before_the_update(group,
 def test_publish_weights_through_the_object_store(group, tiny_model_path):
     weights = group.publish_weights(group.step)
     assert weights.version == group.step
-    state = unpack(ray.get(weights.ref))
+    parts = ray.get(ray.get(weights.ref))  # one part per rank, each its own rows: no gather
+    assert len(parts) == 2 and all(0 < part.nbytes < sum(p.nbytes for p in parts) for part in parts)
+    state = assemble(parts)
     expected = snapshot(group)[0]
     assert state.keys() == expected.keys()
     assert all(torch.equal(state[k], expected[k]) and state[k].dtype == torch.float32 for k in state)
     plain_model(tiny_model_path, state)  # HF names: loads strictly into the rollout-side model
 
     @ray.remote(num_cpus=0)
-    def total(resolved: PackedTensors) -> float:  # a top-level ref argument arrives as the value itself
-        return float(sum(t.double().sum() for t in unpack(resolved).values()))
+    def total(resolved: list[ray.ObjectRef]) -> float:  # a top-level ref arrives as the parts' refs
+        return float(sum(t.double().sum() for t in assemble(ray.get(resolved)).values()))
 
     expected_total = sum(float(t.double().sum()) for t in state.values())
     assert ray.get(total.remote(weights.ref)) == pytest.approx(expected_total)

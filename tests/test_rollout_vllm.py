@@ -13,6 +13,7 @@ import ray
 import torch
 from omegaconf import OmegaConf
 from ray_metrics import samples, scrape_ray_metrics
+from test_weight_sync import split
 from transformers import AutoImageProcessor, Qwen2_5_VLForConditionalGeneration
 
 from actors import RolloutActor
@@ -67,9 +68,18 @@ def generate(actor, sample, group_id):
     return ray.get(info_ref), ray.get(group_ref)
 
 
-def hf_logprobs(model_path, cfg, traj) -> np.ndarray:
-    """log p(token t | < t) of the whole trajectory, recomputed by transformers (fp32)."""
+def hf_model(model_path, state: dict[str, torch.Tensor] | None = None) -> Qwen2_5_VLForConditionalGeneration:
+    """The transformers model (fp32), with its own weights or `state`."""
     model = Qwen2_5_VLForConditionalGeneration.from_pretrained(model_path, dtype=torch.float32)
+    if state is not None:
+        model.load_state_dict(state)
+    return model
+
+
+def hf_logprobs(model_path, cfg, traj, model: Qwen2_5_VLForConditionalGeneration | None = None) -> np.ndarray:
+    """log p(token t | < t) of the whole trajectory, recomputed by transformers (fp32), with the
+    model of `model_path` or `model`."""
+    model = model if model is not None else hf_model(model_path)
     processor = AutoImageProcessor.from_pretrained(
         model_path, size={"shortest_edge": cfg.model.min_pixels, "longest_edge": cfg.model.max_pixels})
     vision = processor(images=list(traj.images), return_tensors="pt")
@@ -155,6 +165,72 @@ def test_weight_update_changes_generations_and_restoring_restores_them(free, sam
     assert texts[2] == texts[0]
     np.testing.assert_allclose(restored.trajectories[0].behavior_logprobs,
                                before.trajectories[0].behavior_logprobs, atol=1e-4)
+
+
+def test_weights_in_learner_parts_load_as_the_whole_state_dict_does(free, sample, tiny_model_path):
+    """The route training takes: every learner rank's rows in the object store, written by the
+    actor into its engine's shared buffer (see actors/engine.py), loaded by vLLM's worker."""
+    original = Qwen2_5_VLForConditionalGeneration.from_pretrained(tiny_model_path).state_dict()
+    generator = torch.Generator().manual_seed(1)
+    perturbed = {name: t + 0.5 * torch.randn(t.shape, generator=generator) if t.is_floating_point() else t
+                 for name, t in original.items()}
+    current = ray.get(free.ready.remote())
+    assert ray.get(free.update_weights.remote(current + 1, ray.put(perturbed))) == current + 1
+    whole = generate(free, sample, "parts")[1]
+    assert ray.get(free.update_weights.remote(current + 2, ray.put(original))) == current + 2
+    parts = [ray.put(part) for part in split(perturbed, 3)]  # as LearnerGroup.publish_weights sends them
+    assert ray.get(free.update_weights.remote(current + 3, parts)) == current + 3
+    from_parts = generate(free, sample, "parts")[1]
+    assert [t.response_text for t in from_parts.trajectories] == [t.response_text for t in whole.trajectories]
+    np.testing.assert_array_equal(from_parts.trajectories[0].behavior_logprobs,
+                                  whole.trajectories[0].behavior_logprobs)
+    phases = ray.get(free.timing.remote())
+    assert all(phases[f"weights_{phase}"] > 0 for phase in ("hand_off_s", "engine_load_s", "cache_reset_s"))
+    ray.get(free.update_weights.remote(current + 4, ray.put(original)))  # for the tests after this one
+
+
+def moved(state: dict[str, torch.Tensor], scale: float,
+          generator: torch.Generator) -> dict[str, torch.Tensor]:
+    """Every floating-point tensor plus scale x N(0, 1) noise; tied names stay one tensor."""
+    out, by_storage = {}, {}
+    for name, tensor in state.items():
+        key = tensor.data_ptr()
+        if key not in by_storage:
+            by_storage[key] = (tensor + scale * torch.randn(tensor.shape, generator=generator)
+                               if tensor.is_floating_point() else tensor)
+        out[name] = by_storage[key]
+    return out
+
+
+def test_each_version_loaded_is_the_one_served(free, sample, tiny_cfg, tiny_model_path):
+    """Successive versions through the training route (the learner's parts into the engine's
+    shared buffer), each moving every weight a little as an optimizer step does, with the tied
+    embeddings tied as the learner has them: after each load the engine's log-probs are
+    transformers' with exactly those weights, and not with the version before. Checking one load,
+    or loads of untied copies, missed a route whose engine kept its tied lm_head at the weights it
+    started with (tests/test_learning.py stopped learning: approx_kl 0.06-0.5)."""
+    original = Qwen2_5_VLForConditionalGeneration.from_pretrained(tiny_model_path).state_dict()
+    embeddings = original["model.language_model.embed_tokens.weight"]
+    assert original["lm_head.weight"].data_ptr() == embeddings.data_ptr()  # tied
+    generator = torch.Generator().manual_seed(2)
+    current = ray.get(free.ready.remote())
+    versions = [original]  # what the engine holds now: the tests before end on the original
+    for k in range(1, 4):
+        versions.append(moved(versions[-1], 0.02, generator))
+        parts = [ray.put(part) for part in split(versions[-1], 2)]  # as LearnerGroup.publish_weights does
+        assert ray.get(free.update_weights.remote(current + k, parts)) == current + k
+        served, before = hf_model(tiny_model_path, versions[-1]), hf_model(tiny_model_path, versions[-2])
+        for traj in generate(free, sample, f"version-{k}")[1].trajectories:
+            sampled = np.flatnonzero(traj.loss_mask == 1)
+            engine = traj.behavior_logprobs[sampled]
+            error = np.abs(engine - hf_logprobs(tiny_model_path, tiny_cfg, traj, served)[sampled])
+            stale = np.abs(engine - hf_logprobs(tiny_model_path, tiny_cfg, traj, before)[sampled])
+            # Measured (fp32): at the start-up weights 1.4-1.9e-3 mean, 7.5e-3 max (the forced test
+            # above); after loads 1, 2, 3: 7-9e-3, 1.1-1.3e-2, 1.9-2.2e-2 mean, 8.7e-2 max (a residual
+            # growing with the versions, not explained yet; see docs/cluster.md); against the version
+            # before 0.26-0.54 mean; the route that left the tied lm_head out: 0.13-0.26 mean.
+            assert error.mean() < 0.2 * stale.mean() and error.max() < 0.2, (k, error.mean(), stale.mean())
+    ray.get(free.update_weights.remote(current + 4, ray.put(original)))  # for the tests after this one
 
 
 def test_groups_in_flight_finish_on_the_old_weights(free, sample, tiny_model_path):

@@ -206,8 +206,9 @@ class EngineConfig:
     """Extra vLLM logits processor classes loaded into the engine, as 'module:Class' (e.g.
     'actors.forcing:ForcedTurnsLogitsProcessor', which scripts assistant turns for demos and tests)."""
     weights_dir: str = ""
-    """Folder where received weights are staged as safetensors for vLLM to reload ('' = the
-    system temp folder; /dev/shm keeps them in RAM)."""
+    """Folder of the shared buffer new weights are written into for vLLM's worker to load ('' =
+    /dev/shm, memory, else the system temp folder); the file is unlinked after the first load and
+    the buffer (one copy of the model per engine) kept mapped. See actors/engine.py."""
 
 
 PromptStyle = Literal["deepeyes"]
@@ -393,8 +394,8 @@ class WeightSyncConfig:
     """How new weights reach the rollout engines."""
 
     method: Literal["object_store", "nccl"] = "object_store"
-    """object_store (the gathered weights through Ray's object store, staged for vLLM's reload)
-    | nccl (a broadcast to the engines' workers, for GPU
+    """object_store (each learner rank's rows through the object store into a shared buffer each
+    engine loads from, learner/weights.py) | nccl (a broadcast to the engines' workers, for GPU
     clusters: NOT built, refused at start-up; docs/cluster.md says what it needs)."""
 
 

@@ -1,4 +1,5 @@
-"""Code vLLM runs in each of its processes: an engine dies with the process that started it.
+"""Code vLLM runs in each of its processes: an engine dies with the process that started it, and
+knows zoomrl's weight-transfer backend.
 
 vLLM's AsyncLLM starts its engine core as a child process, and the core starts its workers. When
 the parent is killed (a rollout actor or a `zoomrl train` driver ended by kill -9, or by Ray when
@@ -9,7 +10,11 @@ PR_SET_PDEATHSIG), but only the child can ask for it, after it started; vLLM loa
 where `die_with_parent` runs. SIGTERM is vLLM's own shutdown: the core stops its workers and
 frees its shared memory.
 
-This module imports only the standard library: it is loaded in every vLLM process.
+`register_weight_transfer` adds the shared-memory backend of `zoomrl.weight_transfer` to vLLM's
+registry of weight-transfer engines, in the worker processes where vLLM looks it up by name.
+
+This module imports only the standard library (vLLM's modules inside the function that needs
+them): it is loaded in every vLLM process.
 """
 
 from __future__ import annotations
@@ -35,3 +40,20 @@ def die_with_parent() -> None:
         raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
     if os.getppid() != parent.pid:  # the parent died before the request: no signal will come
         os.kill(os.getpid(), signal.SIGTERM)
+
+
+def register_weight_transfer() -> None:
+    """Register `zoomrl.weight_transfer.BACKEND` (imported when an engine first uses it). vLLM may
+    load plugins more than once in a process: a second call does nothing."""
+    from vllm.distributed.weight_transfer.factory import WeightTransferEngineFactory
+
+    from zoomrl.weight_transfer import BACKEND
+
+    if BACKEND not in WeightTransferEngineFactory._registry:  # no public "is registered" query
+        WeightTransferEngineFactory.register_engine(BACKEND, "zoomrl.weight_transfer",
+                                                    "SharedMemoryWeightTransferEngine")
+    from zoomrl.collective_transfer import BACKEND as BROADCAST  # the broadcast weight sync
+
+    if BROADCAST not in WeightTransferEngineFactory._registry:
+        WeightTransferEngineFactory.register_engine(BROADCAST, "zoomrl.collective_transfer",
+                                                    "BroadcastWeightTransferEngine")

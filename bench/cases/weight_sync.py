@@ -1,12 +1,14 @@
 """weight_sync: seconds per weight sync vs model bytes, against the machine's measured memcpy
-bandwidth (goal: within 2x of bytes / bandwidth), object-store route, at two model sizes.
+bandwidth (goal: within 4x of bytes / bandwidth), object-store route, at two model sizes, phase by
+phase.
 
-The route is the one training uses: `LearnerGroup.publish_weights` (every rank joins the gather of
-the full state dict onto rank 0, which returns it into the object store) then
-`RolloutPool.update_weights` (each actor reads the dict from the object store, stages it as
-safetensors in `rollout.engine.weights_dir`, vLLM's worker reloads it in place and the caches are
-reset). Sizes: the model as configured ("base", the tiny model on tiny-cpu), and "wide", the same
-config with --wide overrides (tiny-cpu: a ~70M-parameter text decoder, 1024 wide, 6 layers).
+The route is the one training uses: `LearnerGroup.publish_weights` (every rank puts its own rows
+of every tensor into the object store, in parallel: "gather") then `RolloutPool.update_weights`
+(each actor reads the parts from the object store: "fetch"; writes them into the shared buffer
+its vLLM worker maps: "hand_off"; the worker loads them in place through vLLM's weight-transfer
+API: "engine_load"; the prefix, multimodal and encoder caches are dropped: "cache_reset").
+Sizes: the model as configured ("base", the tiny model on tiny-cpu), and "wide", the same config
+with --wide overrides (tiny-cpu: a ~70M-parameter text decoder, 1024 wide, 6 layers).
 Bandwidth: best of several single copies of a 256 MiB buffer with torch in this process.
 """
 
@@ -24,7 +26,7 @@ from zoomrl.cluster import start_ray
 from zoomrl.config import Config
 
 NAME = "weight_sync"
-GOAL_VS_MEMCPY = 2.0
+GOAL_VS_MEMCPY = 4.0
 WIDE_TINY = ["model.tiny.hidden_size=1024", "model.tiny.intermediate_size=2816",
              "model.tiny.num_hidden_layers=6", "model.tiny.num_attention_heads=16",
              "model.tiny.num_key_value_heads=2"]
@@ -50,10 +52,13 @@ def wide_config(cfg: Config, wide: list[str]) -> Config:
     return OmegaConf.merge(cfg, OmegaConf.from_dotlist(wide)) if wide else cfg
 
 
+ACTOR_PHASES = ("weights_fetch_s", "weights_hand_off_s", "weights_engine_load_s", "weights_cache_reset_s")
+
+
 def measure_size(cfg: Config, repeats: int, bandwidth: float) -> dict:
     from learner.group import LearnerGroup
+    from learner.weights import assemble
     from zoomrl.rollout_pool import RolloutPool
-    from zoomrl.tensors import unpack
     from zoomrl.tiny import ensure_model
 
     model_path = ensure_model(cfg.model)
@@ -61,21 +66,22 @@ def measure_size(cfg: Config, repeats: int, bandwidth: float) -> dict:
     pool = RolloutPool(cfg, model_path, cfg.rollout.num_workers)
     records = []
     try:
-        for version in range(1, repeats + 2):  # version 1 warms up
+        for version in range(1, repeats + 2):  # version 1 warms up (and makes each engine's buffer)
+            before = ray.get([a.timing.remote() for a in pool.actors])
             start = time.perf_counter()
-            weights = learner.publish_weights(version)
-            ray.wait([weights.ref], fetch_local=False)  # rank 0's dict is in the object store
+            weights = learner.publish_weights(version)  # returns once every rank's part is stored
             published = time.perf_counter()
-            loading_before = ray.get([a.timing.remote() for a in pool.actors])
             pool.update_weights(version, weights.ref)
             done = time.perf_counter()
-            loading = [t["loading_weights_s"] for t in ray.get([a.timing.remote() for a in pool.actors])]
-            engine_load_s = max(after - before["loading_weights_s"]
-                                for after, before in zip(loading, loading_before, strict=True))
-            records.append({"publish_s": published - start, "update_s": done - published,
-                            "engine_load_s": engine_load_s, "total_s": done - start})
-        state = unpack(ray.get(weights.ref))
-        model_bytes = sum(t.numel() * t.element_size() for t in state.values())
+            after = ray.get([a.timing.remote() for a in pool.actors])
+            record = {"gather_s": published - start, "update_s": done - published, "total_s": done - start}
+            for phase in ("loading_weights_s", *ACTOR_PHASES):  # the slowest actor's
+                record[phase.removeprefix("weights_")] = max(a[phase] - b.get(phase, 0.0)
+                                                             for a, b in zip(after, before, strict=True))
+            records.append(record)
+        state = assemble(ray.get(ray.get(weights.ref)))
+        unique = {id(t): t for t in state.values()}.values()  # tied embeddings: one tensor, two names
+        model_bytes = sum(t.numel() * t.element_size() for t in unique)
         params = learner.num_parameters
     finally:
         pool.shutdown()
@@ -83,13 +89,12 @@ def measure_size(cfg: Config, repeats: int, bandwidth: float) -> dict:
     timed = records[1:]
     total = spread([r["total_s"] for r in timed])
     ideal = model_bytes / bandwidth
+    phases = {key: spread([r[key] for r in timed]) for key in timed[0] if key != "total_s"}
     return {
         "num_parameters": params, "model_bytes": model_bytes, "dtype": cfg.model.dtype,
         "learner_ranks": cfg.learner.num_ranks, "rollout_actors": cfg.rollout.num_workers,
-        "weights_dir": cfg.rollout.engine.weights_dir or "(system temp)",
-        "sync_s": total, "publish_s": spread([r["publish_s"] for r in timed]),
-        "update_s": spread([r["update_s"] for r in timed]),
-        "engine_load_s": spread([r["engine_load_s"] for r in timed]),
+        "sync_s": total, "phases_s": phases,
+        "phases_vs_memcpy": {key: value["median"] / ideal for key, value in phases.items()},
         "ideal_s": ideal, "vs_memcpy": total["median"] / ideal,
         "effective_bytes_per_s": model_bytes / total["median"],
     }
@@ -102,11 +107,14 @@ def run(args: argparse.Namespace, cfg: Config) -> Result:
         configs["wide"] = wide_config(cfg, list(args.wide))
     start_ray(cfg)
     sizes = {name: measure_size(c, args.repeats, bandwidth) for name, c in configs.items()}
-    figures = {"memcpy_bytes_per_s": bandwidth, "sizes": sizes}
-    parts = [f"{name} {s['model_bytes'] / 2**20:.1f} MiB: {s['sync_s']['median']:.2f} s/sync "
-             f"(publish {s['publish_s']['median']:.2f}, engine load {s['engine_load_s']['median']:.2f}), "
-             f"{s['vs_memcpy']:.0f}x bytes/memcpy bandwidth" for name, s in sizes.items()]
-    best = min(s["vs_memcpy"] for s in sizes.values())
-    met = "met" if best <= GOAL_VS_MEMCPY else "MISSED"
+    # again at the end: other work on the machine changes it (the ratios use the first figure)
+    figures = {"memcpy_bytes_per_s": bandwidth,
+               "memcpy_bytes_per_s_at_end": memcpy_bandwidth(args.memcpy_mib), "sizes": sizes}
+    parts = [f"{name} {s['model_bytes'] / 2**20:.1f} MiB: {s['sync_s']['median'] * 1e3:.0f} ms/sync ("
+             + ", ".join(f"{key.removesuffix('_s')} {value['median'] * 1e3:.0f}"
+                         for key, value in s["phases_s"].items() if key != "loading_weights_s")
+             + f"), {s['vs_memcpy']:.1f}x bytes/memcpy bandwidth" for name, s in sizes.items()]
+    judged = sizes.get("wide", sizes["base"])  # the goal is about the larger model
+    met = "met" if judged["vs_memcpy"] <= GOAL_VS_MEMCPY else "MISSED"
     summary = "; ".join(parts) + f"; memcpy {bandwidth / 2**30:.1f} GiB/s (goal <= {GOAL_VS_MEMCPY}x: {met})"
     return Result(figures, summary)
