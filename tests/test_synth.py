@@ -69,8 +69,8 @@ def test_kinds_and_clutter_choose_the_questions_and_the_distractors():
 
 def test_mini_targets_are_unreadable_at_full_view_and_readable_in_a_zoom():
     """The deepeyes-mini split: in the full view a target (24-40 px) is under half a 14 px patch
-    (its shape cannot be read), while the base's zoom on it (a box 2.5x its side, cut by the zoom
-    tool) is enlarged to the min_pixels budget and shows it over at least 3 patches."""
+    (its shape cannot be read), while the base's zoom on it (a box of ZOOM_SIDE view pixels, cut
+    by the zoom tool) is enlarged to the min_pixels budget and shows it over at least 3 patches."""
     from tools import execute_tool, initial_view, parse_tool_call
     from zoomrl.config import ToolsConfig
     from zoomrl.synth import make_scene

@@ -14,7 +14,7 @@ from rewards.format import well_formed
 from tools import ToolCall, execute_tool, parse_tool_call
 from zoomrl.config import TinyBaseConfig, ToolsConfig, load_config
 from zoomrl.tiny import _train_tokenizer, as_dataclass
-from zoomrl.tiny_base import Pretraining, base_corpus, build_base
+from zoomrl.tiny_base import ZOOM_GRID, ZOOM_SIDE, Pretraining, base_corpus, build_base, measure
 
 
 @pytest.fixture(scope="module")
@@ -66,6 +66,9 @@ def test_supervised_trajectories_are_what_the_rollout_reads(pretraining, ci_cfg)
         x1, y1, x2, y2 = obj.box
         bx1, by1, bx2, by2 = outcome.box_original
         assert bx1 <= x1 and by1 <= y1 and bx2 >= x2 and by2 >= y2  # the crop holds the object
+        box = call.arguments["bbox_2d"]  # a ZOOM_SIDE square on the ZOOM_GRID
+        assert box[2] - box[0] == box[3] - box[1] == ZOOM_SIDE
+        assert box[0] % ZOOM_GRID == box[1] % ZOOM_GRID == 0
         assert np.array_equal(outcome.view.pixels, trajectory.images[1])
         assert f"I see a {obj.color} {obj.shape}." in last
 
@@ -74,7 +77,8 @@ def test_build_is_deterministic_and_trains(ci_cfg, pretraining, tmp_path):
     """Same seeds, same weights after the first optimizer steps; and the steps changed them."""
     small = OmegaConf.merge(ci_cfg, {"model": {"base": {"images": 2, "captions_per_step": 2,
                                                         "pointings_per_step": 1,
-                                                        "trajectories_per_step": 1}}})
+                                                        "trajectories_per_step": 1,
+                                                        "caption_steps": 1}}})
     paths = [build_base(small.model, small.data.synth, tmp_path / name, log=lambda line: None, steps=2)
              for name in ("a", "b")]
     from transformers import Qwen2_5_VLForConditionalGeneration
@@ -88,3 +92,9 @@ def test_build_is_deterministic_and_trains(ci_cfg, pretraining, tmp_path):
     initial = _build_model(as_dataclass(small.model.base, TinyBaseConfig).dims,
                            pretraining.tokenizer).state_dict()
     assert not all(torch.equal(a[k], initial[k]) for k in initial)
+    # the measurement runs on a built base (its figures mean nothing after 2 steps)
+    from transformers import AutoProcessor
+
+    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(paths[0]).eval()
+    skills = measure(model, AutoProcessor.from_pretrained(paths[0]), small.model, small.data.synth, n=1)
+    assert skills.n == 1 and 0 <= skills.colour <= 1 and 0 <= skills.pointing_iou <= 1
