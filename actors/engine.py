@@ -47,6 +47,7 @@ from zoomrl.config import Config
 
 if TYPE_CHECKING:
     from learner.weights import RankShards
+    from zoomrl.weight_group import GroupSpec, TensorSpec
     from zoomrl.weight_transfer import Layout
 
 TOOL_CALL_STOP = "</tool_call>"
@@ -93,7 +94,8 @@ class VLLMEngine:
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM
 
-        from zoomrl.weight_transfer import BACKEND  # imports vLLM, like this method
+        from zoomrl.collective_transfer import BACKEND as BROADCAST  # both import vLLM, like this method
+        from zoomrl.weight_transfer import BACKEND as SHARED_MEMORY
 
         engine = cfg.rollout.engine
         if not torch.cuda.is_available():  # read by the engine-core process at start-up
@@ -122,7 +124,8 @@ class VLLMEngine:
             enable_chunked_prefill=chunked_prefill,
             max_num_batched_tokens=None if chunked_prefill else engine.max_model_len,
             logits_processors=list(engine.logits_processors) or None,
-            weight_transfer_config=WeightTransferConfig(backend=BACKEND),
+            weight_transfer_config=WeightTransferConfig(
+                backend=SHARED_MEMORY if cfg.weight_sync.method == "object_store" else BROADCAST),
         )
         self.llm = AsyncLLM.from_engine_args(args)
         self.tokenizer = self.llm.get_tokenizer()
@@ -134,6 +137,7 @@ class VLLMEngine:
         _remove_folders_of_dead_engines(self.weights_root, WEIGHTS_PREFIX)
         self._buffer: _WeightsBuffer | None = None
         """Where new weights are written for the worker to load (made on the first load)."""
+        self.bucket_bytes = cfg.weight_sync.bucket_mib << 20  # the broadcast route's
 
     async def generate(self, request: TurnRequest) -> TurnOutput:
         """Generate one assistant turn; stops at `</tool_call>` or the end of the turn."""
@@ -178,11 +182,42 @@ class VLLMEngine:
         await self.llm.finish_weight_update()
         self._buffer.unlink()  # the worker has mapped it: later versions go into the same pages
         loaded = time.perf_counter()
+        await self._reset_caches()
+        return {"hand_off_s": written - start, "engine_load_s": loaded - written,
+                "cache_reset_s": time.perf_counter() - loaded}
+
+    async def join_weight_group(self, spec: GroupSpec, rank_offset: int) -> None:
+        """Join one generation of the broadcast weight-sync group (`weight_sync.method: nccl |
+        gloo`) as its ranks rank_offset.. (one per worker); returns once every member has."""
+        from vllm.distributed.weight_transfer.base import WeightTransferInitRequest
+
+        from zoomrl.collective_transfer import init_info
+
+        await self.llm.init_weight_transfer_engine(
+            WeightTransferInitRequest(init_info(spec, rank_offset, self.bucket_bytes)))
+
+    async def receive_weights(self, generation: int, version: int,
+                              specs: list[TensorSpec]) -> dict[str, float]:
+        """Receive policy `version` from the weight-sync group's broadcast (`specs`: what the
+        learner sends, in its order) and load it in place; drop every cache computed with the old
+        weights. Returns the seconds of each phase: engine_load_s (receiving and loading),
+        cache_reset_s."""
+        from vllm.distributed.weight_transfer.base import WeightTransferUpdateRequest
+
+        from zoomrl.collective_transfer import update_info
+
+        start = time.perf_counter()
+        await self.llm.start_weight_update()
+        await self.llm.update_weights(WeightTransferUpdateRequest(update_info(generation, version, specs)))
+        await self.llm.finish_weight_update()
+        loaded = time.perf_counter()
+        await self._reset_caches()
+        return {"engine_load_s": loaded - start, "cache_reset_s": time.perf_counter() - loaded}
+
+    async def _reset_caches(self) -> None:
         await self.llm.reset_prefix_cache()
         await self.llm.reset_mm_cache()
         await self.llm.reset_encoder_cache()
-        return {"hand_off_s": written - start, "engine_load_s": loaded - written,
-                "cache_reset_s": time.perf_counter() - loaded}
 
     @property
     def dead(self) -> bool:

@@ -32,7 +32,7 @@ import contextlib
 import os
 import sys
 import time
-from collections.abc import Awaitable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -49,6 +49,7 @@ from zoomrl.images import decode_image
 from zoomrl.metrics import RayMetrics
 from zoomrl.tensors import PackedTensors, unpack
 from zoomrl.types import Group, GroupSummary, Sample, Trajectory
+from zoomrl.weight_group import GroupSpec, TensorSpec
 
 # Figures each rollout actor reports per group through ray.util.metrics (tagged with the actor).
 ACTOR_METRICS = ["rollout_tokens_per_s", "accuracy", "reward_mean", "response_tokens",
@@ -204,18 +205,39 @@ class RolloutWorker:
             if isinstance(weights, PackedTensors):
                 weights = unpack(weights)
             self.occupancy.weights_fetch_s += time.perf_counter() - start
-            self._accepting.clear()
-            try:
-                await self._idle.wait()
-                start = time.perf_counter()
-                phases = await self.engine.load_weights(weights)
-                self.occupancy.loading_weights_s += time.perf_counter() - start
-                totals = self.occupancy.weights_phases_s
-                for phase, seconds in (phases or {}).items():  # a test's engine may report none
-                    totals[phase] = totals.get(phase, 0.0) + seconds
-                self.policy_version = version
-            finally:
-                self._accepting.set()
+            await self._between_groups(lambda: self.engine.load_weights(weights))
+            self.policy_version = version
+
+    async def join_weight_group(self, spec: GroupSpec, rank_offset: int) -> None:
+        """Join one generation of the broadcast weight-sync group (`weight_sync.method: nccl |
+        gloo`, zoomrl/broadcast_sync.py) as ranks rank_offset.. (one per engine worker)."""
+        with self._engine_death_is_fatal():
+            await self.engine.join_weight_group(spec, rank_offset)
+
+    async def receive_weights(self, version: int, generation: int, specs: list[TensorSpec]) -> int:
+        """Take part in the broadcast of policy `version` (`specs`: what learner rank 0 sends):
+        the groups in flight finish on the old weights, then the engine receives the new ones. A
+        broadcast needs every member, so a version loaded already is received again (sent anew
+        after the group changed); returns the version now loaded."""
+        with self._engine_death_is_fatal():
+            async with self._update_lock:
+                await self._between_groups(lambda: self.engine.receive_weights(generation, version, specs))
+                self.policy_version = max(self.policy_version, version)
+        return self.policy_version
+
+    async def _between_groups(self, load: Callable[[], Awaitable[dict[str, float] | None]]) -> None:
+        """Run `load` once the groups in flight have finished, starting no group until it is done."""
+        self._accepting.clear()
+        try:
+            await self._idle.wait()
+            start = time.perf_counter()
+            phases = await load()
+            self.occupancy.loading_weights_s += time.perf_counter() - start
+            totals = self.occupancy.weights_phases_s
+            for phase, seconds in (phases or {}).items():  # a test's engine may report none
+                totals[phase] = totals.get(phase, 0.0) + seconds
+        finally:
+            self._accepting.set()
 
     @contextlib.contextmanager
     def _engine_death_is_fatal(self) -> Iterator[None]:

@@ -40,7 +40,8 @@ def send_weights(tensors: list[tuple[str, torch.Tensor]], dtype: torch.dtype, ve
                  bucket_bytes: int, group: WeightGroup | None, device: torch.device) -> None:
     """Send policy `version` (`tensors` as `policy_tensors` gives them) to the weight-sync group.
     Called on every learner rank together; `group` on rank 0 only (None elsewhere). The
-    receivers run `zoomrl.weight_group.receive_buckets` with `wire_specs(tensors, dtype)`."""
+    receivers run `zoomrl.weight_group.receive_buckets` with `wire_specs(tensors, dtype)`.
+    device: the learner process group's (its agreement broadcasts); buckets live on group.device."""
     error: BaseException | None = None
     if group is not None:
         try:
@@ -51,7 +52,7 @@ def send_weights(tensors: list[tuple[str, torch.Tensor]], dtype: torch.dtype, ve
     buckets = plan_buckets(wire_specs(tensors, dtype), bucket_bytes)
     packed = None
     if group is not None:
-        packed = torch.empty(max(bucket.nbytes for bucket in buckets), dtype=torch.uint8, device=device)
+        packed = torch.empty(max(bucket.nbytes for bucket in buckets), dtype=torch.uint8, device=group.device)
     remaining = iter(tensors)
     for bucket in buckets:
         views = bucket.views(packed) if packed is not None else None

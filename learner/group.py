@@ -49,9 +49,6 @@ class LearnerGroup:
     def __init__(self, cfg: Config, model_path: str, say: Say = quiet) -> None:
         """Start the ranks and return once each has loaded the policy (`say` gets a line when
         their resources are reserved and when they are ready)."""
-        if cfg.weight_sync.method != "object_store":
-            raise NotImplementedError(f"weight_sync.method={cfg.weight_sync.method!r}: only object_store "
-                                      "is built (see learner/README.md)")
         self.cfg = cfg
         learner = cfg.learner
         bundle = {"CPU": learner.num_cpus_per_rank} | (

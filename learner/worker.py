@@ -31,6 +31,7 @@ from torch.utils._pytree import tree_map_only
 from transformers import AutoConfig, AutoImageProcessor
 
 from learner.batching import BatchError, MicroBatch, StepShard, check_trajectory, collate, resolve
+from learner.broadcast import policy_tensors, send_weights, wire_specs
 from learner.checkpoint import TrainerState, load_checkpoint, save_checkpoint
 from learner.grpo import grpo_loss
 from learner.model import load_policy, parallelize, token_logprobs
@@ -38,6 +39,7 @@ from learner.weights import RankShards, rank_shards
 from zoomrl.config import Config
 from zoomrl.metrics import RayMetrics
 from zoomrl.types import Group
+from zoomrl.weight_group import GroupSpec, TensorSpec, WeightGroup, serve_store
 
 # Loss statistics summed over micro-batches and ranks. Each is normalized by the step's global
 # counts, so the sums are batch means; "tokens" is the exception (tokens through forward and
@@ -100,6 +102,7 @@ class LearnerWorker:
         self.learner = cfg.learner
         self.model_path = model_path
         self.rank = rank
+        self.master_addr = master_addr
         self._ray_metrics = RayMetrics(list(RANK0_METRICS)) if rank == 0 and ray.is_initialized() else None
         self.world_size = world_size
         use_gpu = self.learner.num_gpus_per_rank > 0
@@ -127,6 +130,9 @@ class LearnerWorker:
         self.image_processor = AutoImageProcessor.from_pretrained(model_path, size=size)
         self.image_token_id = AutoConfig.from_pretrained(model_path).image_token_id
         self.step = 0
+        self._weight_store: dist.TCPStore | None = None
+        self._weight_group: WeightGroup | None = None
+        """Rank 0's membership of the broadcast weight-sync group (zoomrl/broadcast_sync.py)."""
         self.stat_keys = list(LOSS_STATS) + ["entropy"] * self.learner.compute_entropy
         self.stat_keys += ["kl_ref"] * (self.reference is not None)
 
@@ -223,6 +229,33 @@ class LearnerWorker:
         their size in bytes; no gather (see learner.weights)."""
         part = rank_shards(self.model, getattr(torch, self.cfg.model.dtype), self.rank, self.world_size)
         return part.nbytes, part
+
+    # The broadcast weight sync (`weight_sync.method: nccl | gloo`, zoomrl/broadcast_sync.py):
+    # rank 0 is the sender of the weight-sync group; every rank joins each full_tensor().
+    def serve_weight_store(self) -> tuple[str, int]:
+        """Rank 0: serve the weight-sync group's store on this node's address, for every
+        generation of the group; returns (host, port)."""
+        if self._weight_store is None:
+            self._weight_store = serve_store(self.master_addr, self.cfg.weight_sync.timeout_s)
+        return self.master_addr, self._weight_store.port
+
+    def join_weight_group(self, spec: GroupSpec) -> None:
+        """Rank 0: leave the current generation (if any) and join `spec`'s; returns once every
+        member has joined (WeightGroupTimeout names the ones that did not)."""
+        if self._weight_group is not None:
+            self._weight_group.close()
+            self._weight_group = None
+        device = self.device if spec.communicator == "nccl" else torch.device("cpu")
+        self._weight_group = WeightGroup(spec, 0, self._weight_store, device)
+
+    def weight_specs(self) -> list[TensorSpec]:
+        """What the engines are told to receive: every tensor of the policy, in the engine dtype."""
+        return wire_specs(policy_tensors(self.model), getattr(torch, self.cfg.model.dtype))
+
+    def broadcast_weights(self, version: int) -> None:
+        """Send policy `version` to the weight-sync group; every rank calls it together."""
+        send_weights(policy_tensors(self.model), getattr(torch, self.cfg.model.dtype), version,
+                     self.cfg.weight_sync.bucket_mib << 20, self._weight_group, self.device)
 
     def save_checkpoint(self, root: str, step: int, extra: dict) -> str:
         """Checkpoint this step under root (atomically); returns the checkpoint folder.

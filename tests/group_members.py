@@ -3,13 +3,16 @@
 
 from __future__ import annotations
 
+import pickle
+
 from zoomrl.weight_group import GroupSpec, TensorSpec, WeightGroup, receive_buckets
 
 
 def receiver(spec: GroupSpec, rank: int, specs: list[TensorSpec], bucket_bytes: int, versions: list[int],
              results) -> None:
     """Receive every version as `rank`; put (rank, version, state dict, bytes of each bucket) on
-    the `results` queue."""
+    the `results` queue, the state dict pickled to bytes: a tensor put as it is travels as a file
+    descriptor this process must still serve when the test reads it, and it may have ended."""
     group = WeightGroup(spec, rank)
     for version in versions:
         received, sizes = {}, []
@@ -19,7 +22,7 @@ def receiver(spec: GroupSpec, rank: int, specs: list[TensorSpec], bucket_bytes: 
             received.update((name, tensor.clone()) for name, tensor in pairs)
 
         receive_buckets(group, version, specs, bucket_bytes, load)
-        results.put((rank, version, received, sizes))
+        results.put((rank, version, pickle.dumps(received), sizes))
     group.close()
 
 
@@ -47,3 +50,41 @@ def policy_sender(spec: GroupSpec, model_path: str, versions: list[int], bucket_
         moved(model, version)
         send_weights(policy_tensors(model), torch.float32, version, bucket_bytes, group, torch.device("cpu"))
     group.close()
+
+
+def scaled(model, version: int) -> None:
+    """Version `version` of an FSDP2-sharded test policy: every parameter multiplied in place by
+    1 + version / 10 (pointwise, so each rank scales its own shard; `moved` would need the full
+    tensors)."""
+    import torch
+
+    with torch.no_grad():
+        for param in model.parameters():
+            param.mul_(1 + version / 10)
+
+
+def fsdp_sender(rank: int, world_size: int, learner_port: int, spec: GroupSpec, model_path: str,
+                versions: list[int], bucket_bytes: int) -> None:
+    """One of `world_size` learner ranks holding the tiny model through zoomrl's FSDP2 set-up
+    (learner.model.parallelize, gloo); rank 0 is also the weight-sync group's sender. Sends
+    each version `scaled`, in float32."""
+    import torch
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+
+    from learner.broadcast import policy_tensors, send_weights
+    from learner.model import load_policy, parallelize
+    from learner.worker import keep_gloo_on_loopback
+
+    keep_gloo_on_loopback("127.0.0.1")
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{learner_port}", rank=rank,
+                            world_size=world_size)
+    model = parallelize(load_policy(model_path), init_device_mesh("cpu", (world_size,)),
+                        activation_checkpointing=False, bf16=False)
+    group = WeightGroup(spec, 0) if rank == 0 else None
+    for version in versions:
+        scaled(model, version)
+        send_weights(policy_tensors(model), torch.float32, version, bucket_bytes, group, torch.device("cpu"))
+    if group is not None:
+        group.close()
+    dist.destroy_process_group()

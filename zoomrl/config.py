@@ -398,10 +398,17 @@ class LearnerConfig:
 class WeightSyncConfig:
     """How new weights reach the rollout engines."""
 
-    method: Literal["object_store", "nccl"] = "object_store"
+    method: Literal["object_store", "nccl", "gloo"] = "object_store"
     """object_store (each learner rank's rows through the object store into a shared buffer each
-    engine loads from, learner/weights.py) | nccl (a broadcast to the engines' workers, for GPU
-    clusters: NOT built, refused at start-up; docs/cluster.md says what it needs)."""
+    engine loads from, learner/weights.py) | nccl (learner rank 0 broadcasts the policy to every
+    engine's workers, zoomrl/broadcast_sync.py: GPU clusters) | gloo (the same broadcast over
+    gloo: its CPU twin). nccl and gloo: the orchestration is built and tested (learner ranks,
+    engines, a resize), but a training run does not drive it yet: `zoomrl train` refuses them."""
+    bucket_mib: Count = 256
+    """nccl / gloo: size of one broadcast bucket (the extra memory the sync needs on each side)."""
+    timeout_s: Annotated[float, Range(gt=0)] = 600.0
+    """nccl / gloo: longest wait for a member of the weight-sync group (its arrival, each gloo
+    broadcast); the error names the members that did not come."""
 
 
 @dataclass

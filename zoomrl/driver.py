@@ -47,7 +47,7 @@ from learner.checkpoint import remove_old_checkpoints
 from learner.group import LearnerGroup
 from rewards import JudgeError
 from zoomrl.cluster import start_ray
-from zoomrl.config import Config, save_config
+from zoomrl.config import Config, ConfigError, save_config
 from zoomrl.control import PoolStatus, start_control
 from zoomrl.data import read_samples
 from zoomrl.figures import step_figures
@@ -84,6 +84,10 @@ class Driver:
         checked) and the metrics port are in hand, so a refused start leaves nothing behind.
         resume: continue the run in run_dir from its latest checkpoint. say: where each start-up
         stage reports (default: `[start 12.3s] ...` lines on stdout, timed from here)."""
+        if cfg.weight_sync.method != "object_store":  # refused before anything is made
+            raise ConfigError(
+                f"weight_sync.method={cfg.weight_sync.method!r}: the broadcast weight sync is built "
+                "(zoomrl/broadcast_sync.py) but a training run does not drive it yet; use object_store")
         self.cfg = cfg
         self.say = say = say or StartupLog()
         inputs = prepare_inputs(cfg, say)

@@ -1,0 +1,81 @@
+"""The broadcast weight sync's CPU twin (`weight_sync.method: gloo`), as a run uses it: two learner
+ranks (Ray actors, FSDP2 over gloo), rollout actors with real vLLM CPU engines, and a resize in
+the middle (one actor, then two: a new generation of the group, the newcomer joining with its
+start-up weights; a resize down forms a new generation the same way). After each sync every
+engine serves the learner's weights: its log-probs are transformers' with the learner's full
+state dict, and not the version before's."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import ray
+from test_rollout_vllm import generate, hf_logprobs, hf_model
+from trajectories import make_groups
+
+from actors import RolloutActor
+from learner.group import LearnerGroup
+from zoomrl.broadcast_sync import BroadcastSync
+from zoomrl.config import load_config
+from zoomrl.data import read_samples
+
+pytestmark = pytest.mark.slow
+
+OVERRIDES = [
+    "learner.num_ranks=2", "learner.num_gpus_per_rank=0", "learner.num_cpus_per_rank=1",
+    "learner.lr=0.02",  # a first AdamW step moves every weight by about lr: versions far apart
+    "weight_sync.method=gloo", "weight_sync.bucket_mib=1", "weight_sync.timeout_s=300",
+    "rollout.n=2", "rollout.seed=0", "rollout.max_tokens_per_turn=24",
+]
+
+
+def start_actors(cfg, model_path: str, count: int) -> list:
+    # half a CPU each: two learner ranks and two actors leave one of the cluster's 4 to the tool
+    # and reward tasks the actors start
+    actors = [RolloutActor.options(num_cpus=0.5).remote(cfg, model_path) for _ in range(count)]
+    ray.get([actor.ready.remote() for actor in actors])
+    return actors
+
+
+def stop(actor) -> None:
+    ray.get(actor.shutdown.remote())
+    ray.kill(actor)
+
+
+def test_every_engine_serves_the_learners_weights_through_a_resize(ray_cluster, tiny_model_path, synth_dir):
+    cfg = load_config("tiny-cpu", OVERRIDES)
+    sample = read_samples(str(synth_dir / "train.parquet"))[0]
+    groups = make_groups(tiny_model_path, num_groups=2, n=4, seed=0)
+    learner = LearnerGroup(cfg, tiny_model_path)
+    actors = start_actors(cfg, tiny_model_path, 1)
+    sync = BroadcastSync(cfg, learner)
+    before = hf_model(tiny_model_path)  # what the engines start with
+    try:
+        for version in (1, 2, 3):
+            if version == 2:  # the resize
+                actors += start_actors(cfg, tiny_model_path, 1)
+            learner.train_step([ray.put(g) for g in groups], [g.summary() for g in groups])
+            sync.sync(version, actors)
+            assert sync.generation == min(version, 2)  # a new group when the actors changed, only then
+            weights = ray.get([worker.snapshot.remote() for worker in learner.workers])[0][0]  # collective
+            served = hf_model(tiny_model_path, weights)
+            for index, actor in enumerate(actors):
+                assert ray.get(actor.ready.remote()) == version
+                for traj in generate(actor, sample, f"v{version}-a{index}")[1].trajectories:
+                    sampled = np.flatnonzero(traj.loss_mask == 1)
+                    engine = traj.behavior_logprobs[sampled]
+                    error = np.abs(engine - hf_logprobs(tiny_model_path, cfg, traj, served)[sampled])
+                    stale = np.abs(engine - hf_logprobs(tiny_model_path, cfg, traj, before)[sampled])
+                    # Measured (lr 0.02: versions 0.6 nats apart): version 1 within the bound of
+                    # test_rollout_vllm (mean < 0.2 x stale, max < 0.2); version 2: 0.068 mean, 0.33
+                    # max against 0.60 stale. The residual on image prompts that grows with the
+                    # weights' distance from the start-up ones, the object-store route's too
+                    # (docs/cluster.md), not explained yet; text-only prompts are exact
+                    # (tests/test_collective_transfer.py).
+                    assert error.mean() < 0.2 * stale.mean() and error.max() < 0.5, (
+                        version, index, error.mean(), error.max(), stale.mean())
+            before = served
+    finally:
+        for actor in actors:
+            stop(actor)
+        learner.shutdown()
