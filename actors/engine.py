@@ -35,7 +35,7 @@ import shutil
 import tempfile
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -174,9 +174,7 @@ class VLLMEngine:
             self._buffer = _WeightsBuffer(self.weights_root, layout)
         self._buffer.write(weights)
         written = time.perf_counter()
-        update = {"path": str(self._buffer.path), "names": layout.names, "dtype_names": layout.dtype_names,
-                  "shapes": layout.shapes, "offsets": layout.offsets, "nbytes": layout.nbytes,
-                  "aliases": layout.aliases}
+        update = {"path": str(self._buffer.path), "layout": asdict(layout)}
         await self.llm.start_weight_update()
         await self.llm.update_weights(WeightTransferUpdateRequest(update_info=update))
         await self.llm.finish_weight_update()

@@ -22,14 +22,10 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-import torch
-from vllm.distributed.weight_transfer.base import (
-    WeightTransferEngine,
-    WeightTransferInitInfo,
-    WeightTransferUpdateInfo,
-)
+from vllm.distributed.weight_transfer.base import WeightTransferInitInfo, WeightTransferUpdateInfo
 
 from zoomrl.weight_group import GroupSpec, TensorSpec, WeightGroup, receive_buckets
+from zoomrl.weight_transfer import LayerwiseReloadEngine
 
 BACKEND = "zoomrl_broadcast"
 
@@ -72,12 +68,11 @@ def update_info(generation: int, version: int, specs: list[TensorSpec]) -> dict[
                                       [spec.dtype for spec in specs], [list(spec.shape) for spec in specs]))
 
 
-class BroadcastWeightTransferEngine(WeightTransferEngine[BroadcastInitInfo, BroadcastUpdateInfo]):
+class BroadcastWeightTransferEngine(LayerwiseReloadEngine):
     """Worker side: a member of the weight-sync group, loading checkpoint-format tensors."""
 
     init_info_cls = BroadcastInitInfo
     update_info_cls = BroadcastUpdateInfo
-    supports_draft_weight_update = False
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -94,23 +89,6 @@ class BroadcastWeightTransferEngine(WeightTransferEngine[BroadcastInitInfo, Broa
                          init_info.communicator, init_info.timeout_s)
         self.group = WeightGroup(spec, rank, device=self.device)
         self.bucket_bytes = init_info.bucket_bytes
-
-    def start_weight_update(self) -> None:
-        from vllm.model_executor.model_loader.reload import initialize_layerwise_reload
-
-        initialize_layerwise_reload(self.model)
-
-    def finish_weight_update(self) -> None:
-        from vllm.model_executor.model_loader.reload import finalize_layerwise_reload
-
-        finalize_layerwise_reload(self.model, self.model_config)
-
-    def update_weights(self, update_info: dict[str, Any]) -> None:
-        # The base class synchronizes the accelerator after receiving, which raises on a CPU
-        # without one; the group's broadcast returns only once the data is there anyway.
-        self.receive_weights(self.parse_update_info(update_info))
-        if torch.accelerator.is_available():
-            torch.accelerator.synchronize()
 
     def receive_weights(self, update_info: BroadcastUpdateInfo) -> None:
         from vllm.model_executor.model_loader.mtp_validation import disable_mtp_completeness_check

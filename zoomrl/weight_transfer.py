@@ -101,33 +101,17 @@ class SharedMemoryInitInfo(WeightTransferInitInfo):
 @dataclass
 class SharedMemoryUpdateInfo(WeightTransferUpdateInfo):
     """One update: the buffer (a file, possibly unlinked since the worker first mapped it) and the
-    `Layout` of the tensors in it (names as the checkpoint has them)."""
+    `Layout` of the tensors in it, as a dict (names as the checkpoint has them)."""
 
     path: str
-    names: list[str]
-    dtype_names: list[str]
-    shapes: list[list[int]]
-    offsets: list[int]
-    nbytes: int
-    aliases: dict[str, str]
+    layout: dict[str, Any]
 
 
-class SharedMemoryWeightTransferEngine(WeightTransferEngine[SharedMemoryInitInfo, SharedMemoryUpdateInfo]):
-    """Worker side: load checkpoint-format tensors from a shared buffer, in vLLM's layerwise
-    reload (as vLLM's own NCCL backend does)."""
+class LayerwiseReloadEngine(WeightTransferEngine):
+    """What zoomrl's backends share: tensors are loaded into `model.load_weights` inside vLLM's
+    layerwise reload (as vLLM's own NCCL backend does), and no accelerator is required."""
 
-    init_info_cls = SharedMemoryInitInfo
-    update_info_cls = SharedMemoryUpdateInfo
     supports_draft_weight_update = False
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._mapped: tuple[str, mmap.mmap] | None = None
-        """The buffer mapped by an earlier update (path, mapping): the owner writes every
-        version into the same one."""
-
-    def init_transfer_engine(self, init_info: SharedMemoryInitInfo) -> None:
-        pass
 
     def start_weight_update(self) -> None:
         from vllm.model_executor.model_loader.reload import initialize_layerwise_reload
@@ -141,17 +125,32 @@ class SharedMemoryWeightTransferEngine(WeightTransferEngine[SharedMemoryInitInfo
 
     def update_weights(self, update_info: dict[str, Any]) -> None:
         # The base class synchronizes the accelerator after receiving, which raises on a CPU
-        # without one; a load from host memory is complete when load_weights returns.
+        # without one; the tensors are in place when receive_weights returns.
         self.receive_weights(self.parse_update_info(update_info))
         if torch.accelerator.is_available():
             torch.accelerator.synchronize()
 
+
+class SharedMemoryWeightTransferEngine(LayerwiseReloadEngine):
+    """Worker side: load checkpoint-format tensors from a shared buffer."""
+
+    init_info_cls = SharedMemoryInitInfo
+    update_info_cls = SharedMemoryUpdateInfo
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._mapped: tuple[str, mmap.mmap] | None = None
+        """The buffer mapped by an earlier update (path, mapping): the owner writes every
+        version into the same one."""
+
+    def init_transfer_engine(self, init_info: SharedMemoryInitInfo) -> None:
+        pass
+
     def receive_weights(self, update_info: SharedMemoryUpdateInfo) -> None:
+        layout = Layout(**update_info.layout)
         if self._mapped is None or self._mapped[0] != update_info.path:
-            self._mapped = (update_info.path, map_file(update_info.path, update_info.nbytes))
-        buffer = torch.frombuffer(self._mapped[1], dtype=torch.uint8, count=update_info.nbytes)
-        layout = Layout(update_info.names, update_info.dtype_names, update_info.shapes, update_info.offsets,
-                        update_info.nbytes, update_info.aliases)
+            self._mapped = (update_info.path, map_file(update_info.path, layout.nbytes))
+        buffer = torch.frombuffer(self._mapped[1], dtype=torch.uint8, count=layout.nbytes)
         self.model.load_weights(layout.views(buffer).items())
 
     def shutdown(self) -> None:
