@@ -38,6 +38,9 @@ class BroadcastSync:
         """The actor handles of the current generation, in rank order."""
         self._store: tuple[str, int] | None = None
         """(host, port) of the group's store, served by learner rank 0 for every generation."""
+        self._specs: list | None = None
+        """What the engines are told to receive (the policy's names, shapes, engine dtype): fixed
+        for a run, asked of learner rank 0 once."""
 
     def sync(self, version: int, actors: list) -> None:
         """Send the learner's current weights, as policy `version`, to every actor; returns when
@@ -45,7 +48,9 @@ class BroadcastSync:
         if list(actors) != self.members:  # handles compare by actor id
             self._form(actors)
         rank0 = self.learner.workers[0]
-        specs = ray.get(rank0.weight_specs.remote())
+        if self._specs is None:
+            self._specs = ray.get(rank0.weight_specs.remote())
+        specs = self._specs
         sending = [worker.broadcast_weights.remote(version) for worker in self.learner.workers]
         receiving = [actor.receive_weights.remote(version, self.generation, specs) for actor in actors]
         ray.get(sending)  # first: a missing member is named in the learner's error

@@ -19,6 +19,7 @@ Imports vLLM: loaded only in processes that run an engine.
 
 from __future__ import annotations
 
+import math
 import mmap
 import os
 from dataclasses import dataclass
@@ -31,8 +32,9 @@ from vllm.distributed.weight_transfer.base import (
     WeightTransferUpdateInfo,
 )
 
+from zoomrl.weight_group import ALIGN  # the broadcast's buckets are laid out alike
+
 BACKEND = "zoomrl_shm"
-ALIGN = 64  # bytes; every tensor starts on a multiple, so a view of any dtype is aligned
 
 
 @dataclass(frozen=True)
@@ -62,7 +64,7 @@ class Layout:
         offsets, end = [], 0
         for _, dtype, shape in specs:
             offsets.append(end)
-            end += -(-_numel(shape) * dtype.itemsize // ALIGN) * ALIGN
+            end += -(-math.prod(shape) * dtype.itemsize // ALIGN) * ALIGN
         dtype_names = [str(dtype).removeprefix("torch.") for _, dtype, _ in specs]
         return cls([name for name, _, _ in specs], dtype_names, [list(shape) for _, _, shape in specs],
                    offsets, max(end, ALIGN), dict(aliases or {}))
@@ -73,15 +75,8 @@ class Layout:
         for name, dtype_name, shape, offset in zip(self.names, self.dtype_names, self.shapes, self.offsets,
                                                    strict=True):
             dtype = getattr(torch, dtype_name)
-            out[name] = buffer[offset:offset + _numel(shape) * dtype.itemsize].view(dtype).view(shape)
+            out[name] = buffer[offset:offset + math.prod(shape) * dtype.itemsize].view(dtype).view(shape)
         return out | {alias: out[original] for alias, original in self.aliases.items()}
-
-
-def _numel(shape) -> int:
-    count = 1
-    for size in shape:
-        count *= size
-    return count
 
 
 def map_file(path: str, nbytes: int) -> mmap.mmap:
