@@ -21,6 +21,10 @@ reference itself when no load got there first. An `update_weights` of a version 
 already holds or has passed is ignored. This also covers an actor that Ray restarted while it
 held no group: its first request brings it the current weights.
 
+Under the broadcast weight sync (`weight_sync.method: nccl | gloo`) a request carries the version
+only (`PolicyWeights.ref` None): the weights come in `receive_weights`, sent to every engine at
+once, and the group waits until the actor holds that version.
+
 A dead engine ends the actor's process as a crash (exit status 1), so Ray restarts it
 (max_restarts) and the pool re-issues its groups; see `_engine_death_is_fatal`.
 """
@@ -61,10 +65,11 @@ class PolicyWeights:
     """A policy version and where its weights are: the least a group request needs."""
 
     version: int
-    ref: ray.ObjectRef
+    ref: ray.ObjectRef | None
     """ObjectRef of the weights (`learner.weights.WeightsRef.ref`: the list of the ranks' parts'
     ObjectRefs). Inside this record Ray passes it on unfetched: the call does not wait for it, and
-    the actor fetches it only to load it itself."""
+    the actor fetches it only to load it itself. None under the broadcast weight sync: the version
+    comes through `receive_weights`, and the group waits for it."""
 
 
 @dataclass(frozen=True)
@@ -154,6 +159,8 @@ class RolloutWorker:
         self._accepting = asyncio.Event()
         self._accepting.set()
         self._update_lock = asyncio.Lock()
+        self._version_loaded = asyncio.Condition()
+        """Notified each time policy_version goes up (groups waiting for a broadcast version)."""
         self._metrics = RayMetrics(ACTOR_METRICS, tag_keys=("actor",)) if use_ray_tasks else None
         self.occupancy = Occupancy()
 
@@ -165,11 +172,14 @@ class RolloutWorker:
         """rollout.n trajectories of one prompt, scored as a group by the reward task.
 
         policy: the group runs on this version or a newer one (loaded from `policy.ref` if no
-        update brought it yet); None runs it on whatever is loaded. sampling: this group's n and
-        temperature, None = the config's.
+        update brought it yet, waited for if the ref is None: a broadcast brings it); None runs it
+        on whatever is loaded. sampling: this group's n and temperature, None = the config's.
         """
         with self._engine_death_is_fatal():
-            if policy is not None:
+            if policy is not None and policy.ref is None:
+                async with self._version_loaded:
+                    await self._version_loaded.wait_for(lambda: self.policy_version >= policy.version)
+            elif policy is not None:
                 await self._load(policy.version, policy.ref)
             await self._accepting.wait()
             self._groups_in_flight += 1
@@ -206,7 +216,7 @@ class RolloutWorker:
                 weights = unpack(weights)
             self.occupancy.weights_fetch_s += time.perf_counter() - start
             await self._between_groups(lambda: self.engine.load_weights(weights))
-            self.policy_version = version
+            await self._now_holds(version)
 
     async def join_weight_group(self, spec: GroupSpec, rank_offset: int) -> None:
         """Join one generation of the broadcast weight-sync group (`weight_sync.method: nccl |
@@ -222,8 +232,13 @@ class RolloutWorker:
         with self._engine_death_is_fatal():
             async with self._update_lock:
                 await self._between_groups(lambda: self.engine.receive_weights(generation, version, specs))
-                self.policy_version = max(self.policy_version, version)
+                await self._now_holds(max(self.policy_version, version))
         return self.policy_version
+
+    async def _now_holds(self, version: int) -> None:
+        async with self._version_loaded:
+            self.policy_version = version
+            self._version_loaded.notify_all()
 
     async def _between_groups(self, load: Callable[[], Awaitable[dict[str, float] | None]]) -> None:
         """Run `load` once the groups in flight have finished, starting no group until it is done."""

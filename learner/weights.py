@@ -17,8 +17,8 @@ to that list (the parts themselves stay unfetched until the actor awaits them):
 A tensor that is not sharded on dim 0 (a plain tensor, another placement) is gathered with
 `full_tensor()`, a collective every rank joins in the same order, and rank 0 sends it whole.
 
-An NCCL broadcast from rank 0 to the vLLM workers (`weight_sync.method: nccl`) is not built:
-`LearnerGroup` refuses it at start-up (see learner/README.md for what it needs).
+The broadcast from rank 0 to the vLLM workers (`weight_sync.method: nccl | gloo`) is the other
+route: learner/broadcast.py.
 """
 
 from __future__ import annotations

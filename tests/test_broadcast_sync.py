@@ -1,23 +1,24 @@
-"""The broadcast weight sync's CPU twin (`weight_sync.method: gloo`), as a run uses it: two learner
-ranks (Ray actors, FSDP2 over gloo), rollout actors with real vLLM CPU engines, and a resize in
-the middle (one actor, then two: a new generation of the group, the newcomer joining with its
-start-up weights; a resize down forms a new generation the same way). After each sync every
-engine serves the learner's weights: its log-probs are transformers' with the learner's full
-state dict, and not the version before's."""
+"""The broadcast weight sync's CPU twin (`weight_sync.method: gloo`), driven as a run drives it:
+two learner ranks (Ray actors, FSDP2 over gloo), a rollout pool of real vLLM CPU engines, and a
+resize in the middle. The pool broadcasts each version to every engine; an actor that comes up
+is sent the current version at once (a new generation of the group, every engine receiving it
+again) before it takes a request; requests carry the version only and start on it. After each
+sync every engine serves the learner's weights: its log-probs are transformers' with the
+learner's full state dict, and not the version before's."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import ray
-from test_rollout_vllm import generate, hf_logprobs, hf_model
+from test_rollout_vllm import hf_logprobs, hf_model
 from trajectories import make_groups
 
-from actors import RolloutActor
 from learner.group import LearnerGroup
 from zoomrl.broadcast_sync import BroadcastSync
 from zoomrl.config import load_config
 from zoomrl.data import read_samples
+from zoomrl.rollout_pool import RolloutPool
 
 pytestmark = pytest.mark.slow
 
@@ -25,21 +26,21 @@ OVERRIDES = [
     "learner.num_ranks=2", "learner.num_gpus_per_rank=0", "learner.num_cpus_per_rank=1",
     "learner.lr=0.02",  # a first AdamW step moves every weight by about lr: versions far apart
     "weight_sync.method=gloo", "weight_sync.bucket_mib=1", "weight_sync.timeout_s=300",
-    "rollout.n=2", "rollout.seed=0", "rollout.max_tokens_per_turn=24",
+    # half a CPU per actor: two learner ranks and two actors leave one of the cluster's 4 to the
+    # tool and reward tasks the actors start
+    "rollout.num_cpus_per_worker=0.5", "rollout.n=2", "rollout.seed=0", "rollout.max_tokens_per_turn=24",
 ]
 
 
-def start_actors(cfg, model_path: str, count: int) -> list:
-    # half a CPU each: two learner ranks and two actors leave one of the cluster's 4 to the tool
-    # and reward tasks the actors start
-    actors = [RolloutActor.options(num_cpus=0.5).remote(cfg, model_path) for _ in range(count)]
-    ray.get([actor.ready.remote() for actor in actors])
-    return actors
-
-
-def stop(actor) -> None:
-    ray.get(actor.shutdown.remote())
-    ray.kill(actor)
+def served_groups(pool: RolloutPool, sample, version: int) -> list:
+    """One group per actor (the pool sends each request to the least busy one), on `version`."""
+    for index in range(len(pool.actors)):
+        pool.submit(sample, f"v{version}-{index}")
+    finished = []
+    while len(finished) < len(pool.actors):
+        finished += pool.poll(timeout_s=60)
+    assert {f.info.policy_version for f in finished} == {version}
+    return [ray.get(f.ref) for f in finished]
 
 
 def test_every_engine_serves_the_learners_weights_through_a_resize(ray_cluster, tiny_model_path, synth_dir):
@@ -47,21 +48,24 @@ def test_every_engine_serves_the_learners_weights_through_a_resize(ray_cluster, 
     sample = read_samples(str(synth_dir / "train.parquet"))[0]
     groups = make_groups(tiny_model_path, num_groups=2, n=4, seed=0)
     learner = LearnerGroup(cfg, tiny_model_path)
-    actors = start_actors(cfg, tiny_model_path, 1)
     sync = BroadcastSync(cfg, learner)
+    pool = RolloutPool(cfg, tiny_model_path, 1, broadcast=sync)
     before = hf_model(tiny_model_path)  # what the engines start with
     try:
         for version in (1, 2, 3):
-            if version == 2:  # the resize
-                actors += start_actors(cfg, tiny_model_path, 1)
+            if version == 2:  # the resize: the newcomer gets version 1 before any request
+                pool.resize(2)
+                pool.wait_started()
+                assert sync.generation == 2
+                assert ray.get([actor.ready.remote() for actor in pool.actors]) == [1, 1]
             learner.train_step([ray.put(g) for g in groups], [g.summary() for g in groups])
-            sync.sync(version, actors)
+            pool.broadcast_weights(version)
             assert sync.generation == min(version, 2)  # a new group when the actors changed, only then
             weights = ray.get([worker.snapshot.remote() for worker in learner.workers])[0][0]  # collective
             served = hf_model(tiny_model_path, weights)
-            for index, actor in enumerate(actors):
-                assert ray.get(actor.ready.remote()) == version
-                for traj in generate(actor, sample, f"v{version}-a{index}")[1].trajectories:
+            assert ray.get([actor.ready.remote() for actor in pool.actors]) == [version] * len(pool.actors)
+            for group in served_groups(pool, sample, version):
+                for traj in group.trajectories:
                     sampled = np.flatnonzero(traj.loss_mask == 1)
                     engine = traj.behavior_logprobs[sampled]
                     error = np.abs(engine - hf_logprobs(tiny_model_path, cfg, traj, served)[sampled])
@@ -73,9 +77,8 @@ def test_every_engine_serves_the_learners_weights_through_a_resize(ray_cluster, 
                     # (docs/cluster.md), not explained yet; text-only prompts are exact
                     # (tests/test_collective_transfer.py).
                     assert error.mean() < 0.2 * stale.mean() and error.max() < 0.5, (
-                        version, index, error.mean(), error.max(), stale.mean())
+                        version, group.group_id, error.mean(), error.max(), stale.mean())
             before = served
     finally:
-        for actor in actors:
-            stop(actor)
+        pool.shutdown()
         learner.shutdown()

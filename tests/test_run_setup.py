@@ -25,13 +25,6 @@ def test_a_missing_data_file_leaves_no_run_directory(tmp_path):
     assert not (tmp_path / "runs").exists()
 
 
-def test_a_broadcast_weight_sync_is_refused_in_one_line_before_anything_is_made(tmp_path):
-    result = train(tmp_path, "weight_sync.method=gloo")
-    assert result.returncode == 2
-    assert "weight_sync.method='gloo'" in result.stderr and "Traceback" not in result.stderr
-    assert not (tmp_path / "runs").exists()
-
-
 def test_a_taken_metrics_port_is_one_line_naming_the_key_and_leaves_no_run_directory(tmp_path):
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))

@@ -14,8 +14,8 @@ have arrived; a member that never comes ends the sync with WeightGroupTimeout na
 
 Unlike the object-store route, where each actor loads a version when it is idle, a broadcast
 holds the learner until every engine has drained its groups: the engines are updated together.
-A training run does not drive this yet (`zoomrl train` refuses nccl and gloo); what is missing
-is in docs/cluster.md.
+The rollout pool drives it (zoomrl/rollout_pool.py: after each update, and for an actor that
+comes up or back).
 """
 
 from __future__ import annotations

@@ -402,8 +402,9 @@ class WeightSyncConfig:
     """object_store (each learner rank's rows through the object store into a shared buffer each
     engine loads from, learner/weights.py) | nccl (learner rank 0 broadcasts the policy to every
     engine's workers, zoomrl/broadcast_sync.py: GPU clusters) | gloo (the same broadcast over
-    gloo: its CPU twin). nccl and gloo: the orchestration is built and tested (learner ranks,
-    engines, a resize), but a training run does not drive it yet: `zoomrl train` refuses them."""
+    gloo: its CPU twin, which CI runs). A broadcast updates every engine at once and holds the
+    driver until all have drained their groups; the object store lets each engine load when idle
+    (docs/cluster.md)."""
     bucket_mib: Count = 256
     """nccl / gloo: size of one broadcast bucket (the extra memory the sync needs on each side)."""
     timeout_s: Annotated[float, Range(gt=0)] = 600.0

@@ -4,7 +4,9 @@ One loop in the driver process, which only hands references around; the work hap
 
     prompt stream -> RolloutPool.submit          (rollout actors generate + score, asynchronously)
     RolloutPool.poll -> ReplayQueue.put          (ObjectRefs of scored groups, never the data)
-    ReplayQueue.get_batch -> LearnerGroup.train_step -> publish_weights -> RolloutPool.update_weights
+    ReplayQueue.get_batch -> LearnerGroup.train_step -> the weights to the engines
+                                 (publish_weights -> RolloutPool.update_weights: object store;
+                                  RolloutPool.broadcast_weights: nccl | gloo)
 
 Every run.eval_every steps, a validation branch (zoomrl/validate.py): once the step's weights are
 published, the same actors answer the held-out run.eval_files as `zoomrl eval` does (eval.n at
@@ -46,8 +48,9 @@ import ray
 from learner.checkpoint import remove_old_checkpoints
 from learner.group import LearnerGroup
 from rewards import JudgeError
+from zoomrl.broadcast_sync import BroadcastSync
 from zoomrl.cluster import start_ray
-from zoomrl.config import Config, ConfigError, save_config
+from zoomrl.config import Config, save_config
 from zoomrl.control import PoolStatus, start_control
 from zoomrl.data import read_samples
 from zoomrl.figures import step_figures
@@ -84,10 +87,6 @@ class Driver:
         checked) and the metrics port are in hand, so a refused start leaves nothing behind.
         resume: continue the run in run_dir from its latest checkpoint. say: where each start-up
         stage reports (default: `[start 12.3s] ...` lines on stdout, timed from here)."""
-        if cfg.weight_sync.method != "object_store":  # refused before anything is made
-            raise ConfigError(
-                f"weight_sync.method={cfg.weight_sync.method!r}: the broadcast weight sync is built "
-                "(zoomrl/broadcast_sync.py) but a training run does not drive it yet; use object_store")
         self.cfg = cfg
         self.say = say = say or StartupLog()
         inputs = prepare_inputs(cfg, say)
@@ -129,10 +128,10 @@ class Driver:
         self.summaries: dict[str, GroupSummary] = {}
         """group id -> summary of every finished group not yet trained on (or dropped): the driver
         plans and logs from these and never fetches a whole group (the learner ranks do)."""
-        self.pool = RolloutPool(cfg, inputs.model_path, cfg.rollout.num_workers, say)
+        broadcast = None if cfg.weight_sync.method == "object_store" else BroadcastSync(cfg, self.learner)
+        self.pool = RolloutPool(cfg, inputs.model_path, cfg.rollout.num_workers, say, broadcast)
         if self.step > 0:  # the engines start from the model path: give them the resumed weights
-            weights = self.learner.publish_weights(self.step)
-            self.pool.update_weights(weights.version, weights.ref)
+            self._send_weights(self.step, wait=True)
         self.sent_version = self.step
         self.control = start_control(self.run_dir, cfg.rollout.num_workers)
         self.next_control_poll = 0.0
@@ -233,8 +232,7 @@ class Driver:
         version = self.learner.step
         sync_start = time.perf_counter()
         if version != self.sent_version:
-            weights = self.learner.publish_weights(version)
-            self.pool.update_weights(version, weights.ref, wait=False)  # engines load while we go on
+            self._send_weights(version, wait=False)
             self.sent_version = version
         sync_s = time.perf_counter() - sync_start
         queue_stats = self._queue_stats()
@@ -253,6 +251,15 @@ class Driver:
         if (every and self.step % every == 0) or self.step == self.cfg.run.total_steps:
             self._checkpoint()
         return figures
+
+    def _send_weights(self, version: int, wait: bool) -> None:
+        """The learner's weights to the rollout engines as `version`. Through the object store the
+        engines load them as they come free (the driver waits only with `wait`); a broadcast holds
+        the driver until every engine has received them."""
+        if self.pool.broadcast is not None:
+            self.pool.broadcast_weights(version)
+        else:
+            self.pool.update_weights(version, self.learner.publish_weights(version).ref, wait=wait)
 
     def _validate(self) -> dict[str, float]:
         """The val/... figures of the weights just sent (the requests carry that version, so the

@@ -13,12 +13,19 @@ Scaling while a run goes (`resize`) never blocks the driver and loses no group: 
 `starting` until its engine answers, then loads the current weights and takes requests; a removed
 actor is `retiring`: it gets no new requests, finishes the ones it holds, and is shut down once
 they are delivered.
+
+Under the broadcast weight sync (`weight_sync.method: nccl | gloo`, zoomrl/broadcast_sync.py) a
+version reaches every actor at once (`broadcast_weights`), and requests carry only its number. A
+broadcast needs all the engines, so an actor that comes up (a resize) or back (a restart) is sent
+the current version by a broadcast to all, in a new generation of the group, before it takes a
+request.
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import ray
 from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
@@ -29,6 +36,9 @@ from rewards import JudgeError
 from zoomrl.config import Config
 from zoomrl.progress import Say, quiet
 from zoomrl.types import Sample
+
+if TYPE_CHECKING:
+    from zoomrl.broadcast_sync import BroadcastSync
 
 ACTOR_FAILURES = (RayActorError, ActorDiedError, ActorUnavailableError)
 RESTART_TIMEOUT_S = 600.0  # a restarted actor loads its engine (minutes for a 7B model)
@@ -56,8 +66,10 @@ class FinishedGroup:
 class RolloutPool:
     """N rollout actors, kept busy by `submit`, drained by `poll`."""
 
-    def __init__(self, cfg: Config, model_path: str, num_workers: int, say: Say = quiet) -> None:
-        """Start num_workers actors and return once every engine is up (`say` gets a line each)."""
+    def __init__(self, cfg: Config, model_path: str, num_workers: int, say: Say = quiet,
+                 broadcast: BroadcastSync | None = None) -> None:
+        """Start num_workers actors and return once every engine is up (`say` gets a line each).
+        broadcast: the weight-sync group when weights go by broadcast, None for the object store."""
         self._actor_class = RolloutActor.options(
             num_cpus=cfg.rollout.num_cpus_per_worker, num_gpus=cfg.rollout.num_gpus_per_worker,
             max_restarts=-1, max_task_retries=0)
@@ -71,6 +83,7 @@ class RolloutPool:
         self.in_flight: dict[ray.ObjectRef, GroupRequest] = {}  # GroupInfo ref -> request
         self.weights: PolicyWeights | None = None
         """The version last published and its weights; None = the model path's (version 0)."""
+        self.broadcast = broadcast
         self.loading: list[ray.ObjectRef] = []
         """update_weights calls not yet finished (the driver does not wait for them)."""
         self.reissued = 0
@@ -116,9 +129,11 @@ class RolloutPool:
         for ready_ref in ready:
             actor = self.starting.pop(ready_ref)
             ray.get(ready_ref)  # an engine that failed to start raises here, naming its error
-            if self.weights is not None:
+            if self.weights is not None and self.broadcast is None:
                 self.loading.append(actor.update_weights.remote(self.weights.version, self.weights.ref))
             self.actors.append(actor)
+        if ready and self.weights is not None and self.broadcast is not None:
+            self.broadcast.sync(self.weights.version, self.actors)  # the newcomers join the group
         return len(ready)
 
     def _retire_idle(self) -> None:
@@ -180,7 +195,10 @@ class RolloutPool:
             while True:
                 try:
                     ray.get(request.actor.ready.remote())
-                    if self.weights is not None:
+                    if self.weights is not None and self.broadcast is not None:
+                        self.broadcast.reform()  # a new process: its engine is in no group yet
+                        self.broadcast.sync(self.weights.version, self.actors)
+                    elif self.weights is not None:
                         ray.get(request.actor.update_weights.remote(self.weights.version, self.weights.ref))
                     break
                 except ACTOR_FAILURES:
@@ -202,6 +220,12 @@ class RolloutPool:
         self.loading += [actor.update_weights.remote(version, weights_ref) for actor in self.actors]
         if wait:
             self._settle_loading(timeout_s=None)
+
+    def broadcast_weights(self, version: int) -> None:
+        """Send the learner's current weights, as `version`, to every actor through the broadcast
+        group; returns once every engine holds them (each finishes its groups in flight first)."""
+        self.weights = PolicyWeights(version, None)
+        self.broadcast.sync(version, self.actors)
 
     def _settle_loading(self, timeout_s: float | None) -> None:
         """Collect finished weight loads, raising an engine's error."""

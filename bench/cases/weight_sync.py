@@ -1,12 +1,15 @@
 """weight_sync: seconds per weight sync vs model bytes, against the machine's measured memcpy
-bandwidth (goal: within 4x of bytes / bandwidth), object-store route, at two model sizes, phase by
-phase.
+bandwidth (goal: within 4x of bytes / bandwidth), at two model sizes, phase by phase, on the route
+the config names (`weight_sync.method`), as training drives it.
 
-The route is the one training uses: `LearnerGroup.publish_weights` (every rank puts its own rows
-of every tensor into the object store, in parallel: "gather") then `RolloutPool.update_weights`
-(each actor reads the parts from the object store: "fetch"; writes them into the shared buffer
-its vLLM worker maps: "hand_off"; the worker loads them in place through vLLM's weight-transfer
-API: "engine_load"; the prefix, multimodal and encoder caches are dropped: "cache_reset").
+object_store (the default): `LearnerGroup.publish_weights` (every rank puts its own rows of every
+tensor into the object store, in parallel: "gather") then `RolloutPool.update_weights` (each actor
+reads the parts from the object store: "fetch"; writes them into the shared buffer its vLLM worker
+maps: "hand_off"; the worker loads them in place through vLLM's weight-transfer API:
+"engine_load"; the prefix, multimodal and encoder caches are dropped: "cache_reset").
+gloo (`weight_sync.method=gloo`, the CPU twin of nccl): `RolloutPool.broadcast_weights` (learner
+rank 0 broadcasts the buckets to every engine's workers, which load them layer by layer:
+"engine_load", the actor's receive; then "cache_reset"); "gather" is 0, the whole sync is "update".
 Sizes: the model as configured ("base", the tiny model on tiny-cpu), and "wide", the same config
 with --wide overrides (tiny-cpu: a ~70M-parameter text decoder, 1024 wide, 6 layers).
 Bandwidth: best of several single copies of a 256 MiB buffer with torch in this process.
@@ -57,32 +60,36 @@ ACTOR_PHASES = ("weights_fetch_s", "weights_hand_off_s", "weights_engine_load_s"
 
 def measure_size(cfg: Config, repeats: int, bandwidth: float) -> dict:
     from learner.group import LearnerGroup
-    from learner.weights import assemble
+    from zoomrl.broadcast_sync import BroadcastSync
     from zoomrl.rollout_pool import RolloutPool
     from zoomrl.tiny import ensure_model
 
     model_path = ensure_model(cfg.model)
     learner = LearnerGroup(cfg, model_path)
-    pool = RolloutPool(cfg, model_path, cfg.rollout.num_workers)
+    broadcast = None if cfg.weight_sync.method == "object_store" else BroadcastSync(cfg, learner)
+    pool = RolloutPool(cfg, model_path, cfg.rollout.num_workers, broadcast=broadcast)
     records = []
     try:
-        for version in range(1, repeats + 2):  # version 1 warms up (and makes each engine's buffer)
+        for version in range(1, repeats + 2):  # version 1 warms up (buffers, the group)
             before = ray.get([a.timing.remote() for a in pool.actors])
             start = time.perf_counter()
-            weights = learner.publish_weights(version)  # returns once every rank's part is stored
-            published = time.perf_counter()
-            pool.update_weights(version, weights.ref)
+            if broadcast is None:
+                weights = learner.publish_weights(version)  # returns once every rank's part is stored
+                published = time.perf_counter()
+                pool.update_weights(version, weights.ref)
+            else:
+                published = start
+                pool.broadcast_weights(version)
             done = time.perf_counter()
             after = ray.get([a.timing.remote() for a in pool.actors])
             record = {"gather_s": published - start, "update_s": done - published, "total_s": done - start}
-            for phase in ("loading_weights_s", *ACTOR_PHASES):  # the slowest actor's
-                record[phase.removeprefix("weights_")] = max(a[phase] - b.get(phase, 0.0)
+            for phase in ("loading_weights_s", *ACTOR_PHASES):  # the slowest actor's; 0: not on this route
+                record[phase.removeprefix("weights_")] = max(a.get(phase, 0.0) - b.get(phase, 0.0)
                                                              for a, b in zip(after, before, strict=True))
             records.append(record)
-        state = assemble(ray.get(ray.get(weights.ref)))
-        unique = {id(t): t for t in state.values()}.values()  # tied embeddings: one tensor, two names
-        model_bytes = sum(t.numel() * t.element_size() for t in unique)
+        # every tensor once (tied embeddings: one tensor, two names), in the engine dtype
         params = learner.num_parameters
+        model_bytes = params * torch.empty((), dtype=getattr(torch, cfg.model.dtype)).element_size()
     finally:
         pool.shutdown()
         learner.shutdown()
@@ -91,7 +98,8 @@ def measure_size(cfg: Config, repeats: int, bandwidth: float) -> dict:
     ideal = model_bytes / bandwidth
     phases = {key: spread([r[key] for r in timed]) for key in timed[0] if key != "total_s"}
     return {
-        "num_parameters": params, "model_bytes": model_bytes, "dtype": cfg.model.dtype,
+        "route": cfg.weight_sync.method, "num_parameters": params, "model_bytes": model_bytes,
+        "dtype": cfg.model.dtype,
         "learner_ranks": cfg.learner.num_ranks, "rollout_actors": cfg.rollout.num_workers,
         "sync_s": total, "phases_s": phases,
         "phases_vs_memcpy": {key: value["median"] / ideal for key, value in phases.items()},
