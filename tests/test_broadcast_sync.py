@@ -1,16 +1,20 @@
 """The broadcast weight sync's CPU twin (`weight_sync.method: gloo`), driven as a run drives it:
 two learner ranks (Ray actors, FSDP2 over gloo), a rollout pool of real vLLM CPU engines, and a
-resize in the middle. The pool broadcasts each version to every engine; an actor that comes up
-is sent the current version at once (a new generation of the group, every engine receiving it
-again) before it takes a request; requests carry the version only and start on it. After each
-sync every engine serves the learner's weights: its log-probs are transformers' with the
-learner's full state dict, and not the version before's."""
+resize in the middle, then a restart. The pool broadcasts each version to every engine; an
+actor that comes up (or back) is sent the current version at once (a new generation of the group,
+every engine receiving it again) before it takes a request; requests carry the version only and
+start on it. After each sync every engine serves the learner's weights: its log-probs are
+transformers' with the learner's full state dict, and not the version before's."""
 
 from __future__ import annotations
+
+import os
+import signal
 
 import numpy as np
 import pytest
 import ray
+from test_rollout_pool import collect, engine_processes, wait_for_a_group_in_flight
 from test_rollout_vllm import hf_logprobs, hf_model
 from trajectories import make_groups
 
@@ -79,6 +83,22 @@ def test_every_engine_serves_the_learners_weights_through_a_resize(ray_cluster, 
                     assert error.mean() < 0.2 * stale.mean() and error.max() < 0.5, (
                         version, group.group_id, error.mean(), error.max(), stale.mean())
             before = served
+
+        # A restart: an actor's process dies with groups in flight. The pool waits for Ray to
+        # start it again, forms a new generation with it, broadcasts version 3 once more, and
+        # requests its groups again, under the same ids, on version 3.
+        victim = pool.actors[1]
+        pid, _ = engine_processes(victim)
+        group_ids = [f"restart-{i}" for i in range(4)]  # two per actor
+        for group_id in group_ids:
+            pool.submit(sample, group_id)
+        wait_for_a_group_in_flight(victim)
+        os.kill(pid, signal.SIGKILL)
+        finished = collect(pool, len(group_ids))
+        assert sorted(f.info.group_id for f in finished) == group_ids
+        assert {f.info.policy_version for f in finished} == {3}
+        assert pool.reissued >= 1 and sync.generation == 3
+        assert ray.get([actor.ready.remote() for actor in pool.actors]) == [3, 3]
     finally:
         pool.shutdown()
         learner.shutdown()

@@ -194,11 +194,13 @@ class RolloutPool:
             deadline = time.monotonic() + RESTART_TIMEOUT_S
             while True:
                 try:
-                    ray.get(request.actor.ready.remote())
-                    if self.weights is not None and self.broadcast is not None:
+                    held = ray.get(request.actor.ready.remote())
+                    if self.weights is None or held >= self.weights.version:
+                        break  # another of its groups' recovery got there first
+                    if self.broadcast is not None:
                         self.broadcast.reform()  # a new process: its engine is in no group yet
                         self.broadcast.sync(self.weights.version, self.actors)
-                    elif self.weights is not None:
+                    else:
                         ray.get(request.actor.update_weights.remote(self.weights.version, self.weights.ref))
                     break
                 except ACTOR_FAILURES:
