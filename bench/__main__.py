@@ -1,7 +1,7 @@
 """`python -m bench CASE [--config PRESET_OR_YAML] [--out FILE] [flags] [key=value ...]`
 
 Cases (one module each under bench/cases/; `python -m bench CASE --help` lists a case's flags):
-async_vs_sync, vs_trl, rollout, learner, weight_sync, tools, gpu. Each writes one JSON record
+async_vs_sync, vs_trl, rollout, learner, weight_sync, tools, gpu, deepeyes_mini. Each writes one JSON record
 (default bench/results/CASE.json) and prints a one-line summary. See bench/README.md.
 """
 
@@ -17,7 +17,7 @@ from pathlib import Path
 from bench.common import RESULTS_DIR, write_result
 from zoomrl.config import DEFAULT_PRESET, ConfigError, load_config, preset_names
 
-CASES = ("async_vs_sync", "vs_trl", "rollout", "learner", "weight_sync", "tools", "gpu")
+CASES = ("async_vs_sync", "vs_trl", "rollout", "learner", "weight_sync", "tools", "gpu", "deepeyes_mini")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -27,9 +27,9 @@ def build_parser() -> argparse.ArgumentParser:
         module = importlib.import_module(f"bench.cases.{name}")
         sub = cases.add_parser(name, help=module.__doc__.splitlines()[0], description=module.__doc__,
                                formatter_class=argparse.RawDescriptionHelpFormatter)
-        sub.add_argument("--config", default=DEFAULT_PRESET,
-                         help=f"a preset ({', '.join(preset_names())}) or a YAML file (default: "
-                              f"{DEFAULT_PRESET})")
+        preset = getattr(module, "PRESET", DEFAULT_PRESET)  # a case may run on its own preset
+        sub.add_argument("--config", default=preset,
+                         help=f"a preset ({', '.join(preset_names())}) or a YAML file (default: {preset})")
         sub.add_argument("--out", type=Path, default=None,
                          help=f"JSON file to write (default: {RESULTS_DIR}/{name}.json)")
         module.add_arguments(sub)

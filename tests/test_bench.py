@@ -116,3 +116,23 @@ def test_gpu_case_runs_its_cpu_parts(tmp_path):
     if not torch.cuda.is_available():
         assert figures["skipped"] == dict.fromkeys(gpu.STAGES, "no CUDA device")
     assert gpu.peak_flops("NVIDIA H200") == 989e12 and gpu.peak_flops("Some GPU") is None
+
+
+def test_deepeyes_mini_figure_has_one_curve_per_mode_from_the_base(tmp_path):
+    """The ablation's figure: the three gating modes of the config, each curve starting at the
+    base's figures (step 0) and a panel per val/ figure (an absent grounding IoU left out)."""
+    from PIL import Image
+
+    from bench.cases import deepeyes_mini
+
+    assert deepeyes_mini.MODES == ("conditional", "unconditional", "none")
+    assert build_parser().parse_args(["deepeyes_mini"]).config == "deepeyes-mini"  # its own preset
+    base = {"curve": {"accuracy": 0.25, "tool_calls_per_trajectory": 1.0, "response_tokens": 60.0,
+                      "grounding_iou": None}}
+    runs = [{"mode": mode, "curve": [{"step": step, "accuracy": 0.25 + 0.01 * step,
+                                      "tool_calls_per_trajectory": 1.0, "response_tokens": 50.0,
+                                      "grounding_iou": 0.1} for step in (10, 20)]}
+            for mode in deepeyes_mini.MODES]
+    out = tmp_path / "curves.png"
+    deepeyes_mini.draw(out, base, runs)
+    assert Image.open(out).size == (1760, 374)  # 4 panels of 4 x 3.4 inches at 110 dpi

@@ -52,12 +52,12 @@ def test_wilson_interval_matches_known_values():
 
 
 def record(sample_id, acc, *, category="c", eval_set="s", calls=(), iou=None, fmt=0.0, prediction="A",
-           undecided=0.0, judged=0.0):
+           undecided=0.0, judged=0.0, response_tokens=10):
     parts = {"acc": acc, "format": fmt, "undecided": undecided, "judged": judged}
     if iou is not None:
         parts["iou_max"] = iou
     return {"sample_id": sample_id, "eval_set": eval_set, "category": category, "reward_parts": parts,
-            "prediction": prediction,
+            "prediction": prediction, "response_tokens": response_tokens,
             "tool_calls": [{"error": error, "box_original": None if error else [0, 0, 1, 1]}
                            for error in calls]}
 

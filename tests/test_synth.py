@@ -67,13 +67,37 @@ def test_kinds_and_clutter_choose_the_questions_and_the_distractors():
         assert sample.choices["ABCD".index(sample.answer)] == target.shape
 
 
-def test_mini_targets_are_unreadable_at_full_view_and_readable_in_a_zoom():
-    """The deepeyes-mini split: in the full view a target (24-40 px) is under half a 14 px patch
-    (its shape cannot be read), while the base's zoom on it (a box of ZOOM_SIDE view pixels, cut
-    by the zoom tool) is enlarged to the min_pixels budget and shows it over at least 3 patches."""
+def test_checks_and_grid_place_one_checkered_object_per_cell():
+    from zoomrl.synth import CHECKS, make_scene
+
+    shape_kind = ("test", ["shape"], 0.25)
+    assert make_sample(4, 1536, 0, *shape_kind) == make_sample(4, 1536, 0, *shape_kind, 0)  # 0: no grid
+    for i in range(3):
+        _, sample, objects = make_scene(i, 1536, 0, "test", ["checks"], 0.25, 7)
+        target = objects[0]
+        assert sample.extra["category"] == "checks"
+        assert sorted(sample.choices) == sorted(CHECKS)
+        assert sample.choices["ABCD".index(sample.answer)] == target.checks
+        assert sum(o.color == target.color for o in objects) == 1
+        cells = set()
+        for obj in objects:
+            x1, y1, x2, y2 = obj.box
+            assert obj.checks in CHECKS and 48 <= x2 - x1 <= 64
+            column, row = (x1 + x2) / 2 / (1536 / 7), (y1 + y2) / 2 / (1536 / 7)
+            assert abs(column % 1 - 0.5) < 0.01 and abs(row % 1 - 0.5) < 0.01  # centred in its cell
+            cells.add((int(column), int(row)))
+        assert len(cells) == len(objects)  # one per cell
+    with pytest.raises(ValueError, match=r"grid=-1: must be >= 0 \(as data.synth.grid\)"):
+        make_scene(0, 1536, 0, "test", ["checks"], 0.25, -1)
+
+
+def test_mini_answers_are_grey_at_full_view_and_readable_in_a_zoom():
+    """The deepeyes-mini split: in the full view every checkered core averages to the same grey
+    (the answer cannot be read; the object's colour, where to look, can), while the base's zoom on
+    the object (its grid cell's middle, cut by the zoom tool) shows the checks' own colours."""
     from tools import execute_tool, initial_view, parse_tool_call
     from zoomrl.config import ToolsConfig
-    from zoomrl.synth import make_scene
+    from zoomrl.synth import CHECKS, make_scene
     from zoomrl.tiny_base import zoom_box, zoom_call
 
     cfg = load_config("deepeyes-mini")
@@ -82,11 +106,17 @@ def test_mini_targets_are_unreadable_at_full_view_and_readable_in_a_zoom():
         cfg.data.synth, cfg.model.min_pixels, cfg.model.max_pixels)
     s = cfg.data.synth
     for i in range(3):
-        image, sample, objects = make_scene(i, s.image_size, s.seed, "test", list(s.kinds), s.clutter)
+        image, sample, objects = make_scene(i, s.image_size, s.seed, "test", list(s.kinds), s.clutter, s.grid)
         view = initial_view(np.asarray(image), cfg.model, max_decoded_pixels=10**9)
         assert view.width * view.height <= cfg.model.max_pixels
-        side = objects[0].box[2] - objects[0].box[0]
-        assert side / view.scale()[0] < 7  # under half a patch at full view
-        call = parse_tool_call(zoom_call(zoom_box(objects[0], view)))
-        crop = execute_tool(call, [view], ToolsConfig(), cfg.model).view
-        assert side / crop.scale()[0] >= 3 * 14  # three patches or more in the crop
+        for obj in objects[:3]:
+            sx = view.scale()[0]
+            centre = [round((v1 + v2) / 2 / sx) for v1, v2 in (obj.box[0::2], obj.box[1::2])]
+            core = view.pixels[centre[1] - 1:centre[1] + 1, centre[0] - 1:centre[0] + 1].reshape(-1, 3)
+            assert np.ptp(core.astype(int).mean(0)) < 40  # greyish, whichever the pair
+            call = parse_tool_call(zoom_call(zoom_box(obj, view, s.grid)))
+            crop = execute_tool(call, [view], ToolsConfig(), cfg.model).view
+            colours = {tuple(int(v) for v in px) for px in crop.pixels.reshape(-1, 3)}
+            first, second = CHECKS[obj.checks]
+            near = [min(np.abs(np.subtract(c, target)).max() for c in colours) for target in (first, second)]
+            assert max(near) < 30  # both colours of the pair are there, nearly pure

@@ -14,7 +14,7 @@ from rewards.format import well_formed
 from tools import ToolCall, execute_tool, parse_tool_call
 from zoomrl.config import TinyBaseConfig, ToolsConfig, load_config
 from zoomrl.tiny import _train_tokenizer, as_dataclass
-from zoomrl.tiny_base import ZOOM_GRID, ZOOM_SIDE, Pretraining, base_corpus, build_base, measure
+from zoomrl.tiny_base import BOX_CELLS, Pretraining, base_corpus, build_base, describe, ensure_base, measure
 
 
 @pytest.fixture(scope="module")
@@ -64,13 +64,22 @@ def test_supervised_trajectories_are_what_the_rollout_reads(pretraining, ci_cfg)
         assert isinstance(call, ToolCall) and call.name == "image_zoom_in_tool"
         outcome = execute_tool(call, [scene.view], ToolsConfig(), ci_cfg.model)
         x1, y1, x2, y2 = obj.box
+        quarter = (x2 - x1) // 4  # the checkered core: the middle half of the object
         bx1, by1, bx2, by2 = outcome.box_original
-        assert bx1 <= x1 and by1 <= y1 and bx2 >= x2 and by2 >= y2  # the crop holds the object
-        box = call.arguments["bbox_2d"]  # a ZOOM_SIDE square on the ZOOM_GRID
-        assert box[2] - box[0] == box[3] - box[1] == ZOOM_SIDE
-        assert box[0] % ZOOM_GRID == box[1] % ZOOM_GRID == 0
+        assert bx1 <= x1 + quarter and by1 <= y1 + quarter and bx2 >= x2 - quarter and by2 >= y2 - quarter
+        box = call.arguments["bbox_2d"]  # BOX_CELLS of the object's grid cell, at its middle
+        cell = scene.view.width // ci_cfg.data.synth.grid  # one image token of the full view
+        assert box[2] - box[0] == box[3] - box[1] == round(cell * BOX_CELLS)
+        for low, high in (box[0::2], box[1::2]):
+            assert abs((low + high) / 2 % cell - cell / 2) <= 0.5  # the cell's middle
         assert np.array_equal(outcome.view.pixels, trajectory.images[1])
-        assert f"I see a {obj.color} {obj.shape}." in last
+        assert describe(obj) in last and f"with {obj.checks} checks" in last
+
+
+def test_a_base_without_a_grid_is_refused_naming_the_key(ci_cfg):
+    cfg = OmegaConf.merge(ci_cfg, {"data": {"synth": {"grid": 0}}})
+    with pytest.raises(ValueError, match=r"data\.synth\.grid > 0"):
+        ensure_base(cfg.model, cfg.data.synth)
 
 
 def test_build_is_deterministic_and_trains(ci_cfg, pretraining, tmp_path):

@@ -62,11 +62,11 @@ def test_missing_held_out_files_stop_the_start_naming_the_key(synthetic, tmp_pat
 
 
 def test_val_figures_name_overall_and_per_category_figures():
-    records = [record("q1", 1.0, category="colour", calls=[""], iou=0.5),
-               record("q2", 0.0, category="colour", calls=["bad box", ""], iou=0.25),
-               record("q3", 1.0, category="shape")]
+    records = [record("q1", 1.0, category="colour", calls=[""], iou=0.5, response_tokens=30),
+               record("q2", 0.0, category="colour", calls=["bad box", ""], iou=0.25, response_tokens=60),
+               record("q3", 1.0, category="shape", response_tokens=12)]
     assert val_figures(records, seconds=2.5) == {
         "val/accuracy": pytest.approx(2 / 3), "val/tool_calls_per_trajectory": 1.0,
-        "val/zoom_share": pytest.approx(2 / 3), "val/n": 3, "val/seconds": 2.5,
+        "val/zoom_share": pytest.approx(2 / 3), "val/n": 3, "val/seconds": 2.5, "val/response_tokens": 34.0,
         "val/grounding_iou": pytest.approx(0.375), "val/accuracy/colour": 0.5, "val/accuracy/shape": 1.0}
     assert "val/grounding_iou" not in val_figures([record("q3", 1.0)], seconds=1.0)  # none zoomed

@@ -99,9 +99,9 @@ class TinyModelConfig:
 class TinyBaseConfig:
     """The pretrained tiny base built when `model.path` is 'tiny-base' (recipe: zoomrl/tiny_base.py).
 
-    Defaults: the full base (2.0M parameters, three stages, 604 s on the shared 2-core machine;
-    it does not yet meet its targets, see tiny_base's docstring); the preset deepeyes-mini-ci
-    shrinks it to a CI-size base by the same recipe."""
+    Defaults: the full base (2.0M parameters, three stages, 1012 s on the shared 2-core machine;
+    measured in tiny_base's docstring); the preset deepeyes-mini-ci shrinks it to a CI-size base
+    by the same recipe."""
 
     dims: TinyModelConfig = field(default_factory=lambda: TinyModelConfig(
         hidden_size=192, intermediate_size=512, num_hidden_layers=3, num_attention_heads=3,
@@ -110,11 +110,11 @@ class TinyBaseConfig:
     """Model dimensions (and the seed of its initial weights)."""
     images: Count = 320
     """Synthetic images the supervised data is drawn from (split 'base', never train or test)."""
-    steps: Count = 1450
+    steps: Count = 1100
     """Optimizer steps in all (the stages below first, then the full mix)."""
-    caption_steps: Annotated[int, Range(ge=0)] = 1000
+    caption_steps: Annotated[int, Range(ge=0)] = 300
     """First stage: steps of captions only (perception before anything else)."""
-    pointing_steps: Annotated[int, Range(ge=0)] = 350
+    pointing_steps: Annotated[int, Range(ge=0)] = 300
     """Second stage: steps of captions and pointings (grounding), before the trajectories join."""
     captions_per_step: Annotated[int, Range(ge=0)] = 16
     """Crop-caption sequences per step (the perception stage, short sequences)."""
@@ -164,13 +164,18 @@ class SynthConfig:
     (24-40 px, kept apart by their own size and off the border) often find no free place."""
     seed: Seed = 0
     """Seed of the generator; the same seed gives the same files."""
-    kinds: list[Literal["colour", "shape", "position"]] = field(
+    kinds: list[Literal["colour", "shape", "position", "checks"]] = field(
         default_factory=lambda: ["colour", "shape", "position"])
     """Question kinds drawn from: colour (of the only shape of a kind), shape (of the only object
-    of a colour), position (of one target relative to another)."""
+    of a colour), position (of one target relative to another), checks (the two colours of the
+    checkered core of the only object of a colour: every object of its images has one, 48 or 64 px;
+    the pairs average to one grey in a shrunk view, zoomrl/synth.py)."""
     clutter: Annotated[float, Range(ge=0)] = 1.0
     """Distractors relative to the default density (1 = 30-60 on a 2048 px image, as many per
     area on others); at least 4 are drawn whatever the value."""
+    grid: Annotated[int, Range(ge=0)] = 0
+    """0: objects anywhere; N: each object centred in its own cell of an N x N grid (the tiny
+    base's zoom boxes are the cells, zoomrl/tiny_base.py). Needs N x N >= the objects drawn."""
 
 
 @dataclass

@@ -78,6 +78,7 @@ METRICS: tuple[MetricSpec, ...] = (
                "Share of held-out trajectories with at least one successful crop."),
     MetricSpec("val/grounding_iou", "gauge", "Mean over held-out trajectories that zoomed on a "
                "question with boxes of their best zoom box's IoU with a ground-truth box."),
+    MetricSpec("val/response_tokens", "gauge", "Mean sampled tokens per held-out trajectory."),
     MetricSpec("val/n", "gauge", "Held-out trajectories the val/ figures are over."),
     MetricSpec("val/seconds", "gauge", "Seconds the validation took (training waits for it)."),
 )

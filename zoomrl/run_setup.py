@@ -32,7 +32,7 @@ class RunInputs:
 def synthetic_data_dir(cfg: Config) -> Path:
     """Cache folder of the synthetic set for these settings (content-addressed)."""
     s = cfg.data.synth
-    key = json.dumps([s.n_train, s.n_test, s.image_size, s.seed, list(s.kinds), s.clutter],
+    key = json.dumps([s.n_train, s.n_test, s.image_size, s.seed, list(s.kinds), s.clutter, s.grid],
                      sort_keys=True)
     digest = hashlib.sha256(key.encode()).hexdigest()[:12]
     return Path(cfg.model.cache_dir).expanduser() / "data" / f"synth-{digest}"
@@ -49,7 +49,7 @@ def ensure_data(cfg: Config) -> tuple[list[str], list[str]]:
     train, test = out / "train.parquet", out / "test.parquet"
     if not (train.is_file() and test.is_file()):
         s = cfg.data.synth
-        write_synthetic(out, s.n_train, s.n_test, s.image_size, s.seed, list(s.kinds), s.clutter)
+        write_synthetic(out, s.n_train, s.n_test, s.image_size, s.seed, list(s.kinds), s.clutter, s.grid)
     return [str(train)], list(cfg.data.test_files) or [str(test)]
 
 

@@ -3,7 +3,12 @@
 Each image (default 2048x2048, at least 512x512: `data.synth.image_size`) has a smooth
 background, large soft blobs, and dozens of small shapes (24-40 px). A question asks about one
 or two targets: the colour of the only shape of a kind, the shape of the only object of a
-colour, or where one target sits relative to another.
+colour, where one target sits relative to another, or (kind `checks`) the two colours of the
+checkered core of the only object of a colour: every object of such an image is larger (48 or
+64 px) and carries a core of 8 x 8 checks (3 or 4 px) in a complementary pair (red and cyan, green
+and magenta, blue and yellow, black and white), which every pair averages to the same grey once
+the image is shrunk, and which a zoom shows. `grid` N places the objects in the cells of an N x N
+grid, one per cell at most, centred.
 Answers are multiple choice A-D, ground-truth boxes are kept in `extra_info`.
 
 Why it needs zooming at the tiny-cpu pixel budget: the model sees the 2048 px image resized to
@@ -36,7 +41,18 @@ COLORS: dict[str, tuple[int, int, int]] = {
 }
 SHAPES = ("circle", "square", "triangle", "star", "diamond", "cross")
 POSITIONS = ("left", "right", "above", "below")
+CHECKS: dict[str, tuple[tuple[int, int, int], tuple[int, int, int]]] = {
+    "red and cyan": ((230, 30, 30), (30, 230, 230)), "green and magenta": ((30, 230, 30), (230, 30, 230)),
+    "blue and yellow": ((30, 30, 230), (230, 230, 30)), "black and white": ((30, 30, 30), (230, 230, 230)),
+}
+"""Colour pairs of the `checks` kind: each pair sums to (260, 260, 260), so every checkered core
+averages to the same grey in a shrunk view."""
+CORE_CELLS = 8
+"""Checks per side of a core's checkerboard: as much of each colour in any half or quadrant,
+so the pair's colours cancel wherever the shrinking averages them, and only the fine pattern,
+which shrinking removes, tells the pairs apart (`SceneObject.swapped` flips the two colours)."""
 KINDS = ("colour", "shape", "position")
+"""The default kinds (`checks` is chosen explicitly: it changes every object of its images)."""
 LETTERS = "ABCD"
 DATA_SOURCE = "synth_vstar"
 
@@ -49,6 +65,10 @@ class SceneObject:
     color: str
     box: tuple[int, int, int, int]
     """[x1, y1, x2, y2] in original pixels."""
+    checks: str | None = None
+    """The CHECKS pair of its core (images of kind `checks`), None for a plain shape."""
+    swapped: bool = False
+    """The core's checkerboard starts with the pair's second colour."""
 
 
 def _polygon(shape: str, box: tuple[int, int, int, int]) -> list[tuple[float, float]]:
@@ -75,11 +95,20 @@ def _polygon(shape: str, box: tuple[int, int, int, int]) -> list[tuple[float, fl
     raise ValueError(f"unknown shape {shape}")
 
 
-def _draw(draw: ImageDraw.ImageDraw, shape: str, color: str, box: tuple[int, int, int, int]):
-    if shape == "circle":
-        draw.ellipse(box, fill=COLORS[color])
+def _draw(draw: ImageDraw.ImageDraw, obj: SceneObject) -> None:
+    if obj.shape == "circle":
+        draw.ellipse(obj.box, fill=COLORS[obj.color])
     else:
-        draw.polygon(_polygon(shape, box), fill=COLORS[color])
+        draw.polygon(_polygon(obj.shape, obj.box), fill=COLORS[obj.color])
+    if obj.checks is not None:  # a square core, half the side: an 8 x 8 checkerboard of the pair
+        x1, y1, x2, y2 = obj.box
+        quarter = (x2 - x1) // 4
+        width = (x2 - x1 - 2 * quarter) // CORE_CELLS
+        pair = CHECKS[obj.checks][::-1] if obj.swapped else CHECKS[obj.checks]
+        for row in range(CORE_CELLS):
+            for column in range(CORE_CELLS):
+                x, y = x1 + quarter + column * width, y1 + quarter + row * width
+                draw.rectangle((x, y, x + width - 1, y + width - 1), fill=pair[(row + column) % 2])
 
 
 def _background(rng: random.Random, size: int) -> Image.Image:
@@ -99,7 +128,21 @@ def _background(rng: random.Random, size: int) -> Image.Image:
 
 
 def _place(rng: random.Random, size: int, taken: list[tuple[int, int, int, int]],
-           side: int) -> tuple[int, int, int, int]:
+           side: int, grid: int) -> tuple[int, int, int, int]:
+    """A free place for an object of `side` px: anywhere off the border and apart from the others
+    (grid 0), or centred in a free cell of the grid."""
+    if grid:
+        cell = size / grid
+        centres = [(round((c + 0.5) * cell), round((r + 0.5) * cell))
+                   for r in range(grid) for c in range(grid)]
+        free = [(x, y) for x, y in centres
+                if not any(t[0] <= x <= t[2] and t[1] <= y <= t[3] for t in taken)]
+        if not free:
+            raise RuntimeError(f"no free cell for an object in a {grid}x{grid} grid; use a larger grid")
+        x, y = rng.choice(free)
+        box = (x - side // 2, y - side // 2, x - side // 2 + side, y - side // 2 + side)
+        taken.append(box)
+        return box
     margin = side
     for _ in range(1000):
         x, y = rng.randrange(margin, size - margin - side), rng.randrange(margin, size - margin - side)
@@ -128,55 +171,67 @@ def _check(argument: str, value: int, field: str) -> None:
 
 
 def make_scene(index: int, size: int, seed: int, split: str, kinds: Sequence[str] = KINDS,
-               clutter: float = 1.0) -> tuple[Image.Image, Sample, list[SceneObject]]:
+               clutter: float = 1.0, grid: int = 0) -> tuple[Image.Image, Sample, list[SceneObject]]:
     """One synthetic row before encoding: its image, the row (image bytes left empty) and every
     object drawn, targets first; a pure function of its arguments.
 
     `kinds` are the question kinds drawn from, `clutter` scales the number of distractors (1 =
-    30-60 on a 2048 px image, as many per area on others, at least 4).
+    30-60 on a 2048 px image, as many per area on others, at least 4), `grid` N > 0 centres the
+    objects in the cells of an N x N grid (0: anywhere).
     """
     _check("size", size, "image_size")
+    _check("grid", grid, "grid")
     rng = random.Random(f"{seed}:{split}:{index}")
     image = _background(rng, size)
     draw = ImageDraw.Draw(image)
     taken: list[tuple[int, int, int, int]] = []
     kind = rng.choice(list(kinds))
+    def place() -> tuple[int, int, int, int]:  # checkered: 48 or 64 px, for checks of 3 or 4 px
+        side = 16 * rng.randint(3, 4) if kind == "checks" else rng.randint(24, 40)
+        return _place(rng, size, taken, side, grid)
+
+    def core() -> tuple[str | None, bool]:
+        return (rng.choice(list(CHECKS)), rng.random() < 0.5) if kind == "checks" else (None, False)
+
     target_shape, target_color = rng.choice(SHAPES), rng.choice(list(COLORS))
-    targets = [(target_shape, target_color, _place(rng, size, taken, rng.randint(24, 40)))]
+    targets = [SceneObject(target_shape, target_color, place(), *core())]
     if kind == "position":
         second = (rng.choice([s for s in SHAPES if s != target_shape]),
                   rng.choice([c for c in COLORS if c != target_color]))
-        targets.append((*second, _place(rng, size, taken, rng.randint(24, 40))))
+        targets.append(SceneObject(*second, place()))
     # Distractors never repeat what makes a target unique, so the question has one answer.
-    target_shapes = {t[0] for t in targets}
-    target_colors = {t[1] for t in targets}
+    target_shapes = {t.shape for t in targets}
+    target_colors = {t.color for t in targets}
     density = (size / 2048) ** 2  # 30-60 distractors on a 2048 px image, as many per area on others
     distractors = []
     for _ in range(max(4, round(rng.randint(30, 60) * density * clutter))):
-        if kind == "shape":
+        if kind in ("shape", "checks"):
             shape, color = rng.choice(SHAPES), rng.choice([c for c in COLORS if c not in target_colors])
         else:
             shape, color = rng.choice([s for s in SHAPES if s not in target_shapes]), rng.choice(list(COLORS))
-        box = _place(rng, size, taken, rng.randint(24, 40))
-        _draw(draw, shape, color, box)
-        distractors.append(SceneObject(shape, color, box))
-    for shape, color, box in targets:
-        _draw(draw, shape, color, box)
+        distractors.append(SceneObject(shape, color, place(), *core()))
+    for obj in [*distractors, *targets]:
+        _draw(draw, obj)
 
+    target = targets[0]
     if kind == "colour":
-        question = f"What is the colour of the {target_shape}?"
-        choices, answer = _options(rng, target_color, list(COLORS))
+        question = f"What is the colour of the {target.shape}?"
+        choices, answer = _options(rng, target.color, list(COLORS))
     elif kind == "shape":
-        question = f"What shape is the {target_color} object?"
-        choices, answer = _options(rng, target_shape, SHAPES)
+        question = f"What shape is the {target.color} object?"
+        choices, answer = _options(rng, target.shape, SHAPES)
+    elif kind == "checks":
+        question = f"What colours are the checks on the {target.color} object?"
+        choices, answer = _options(rng, target.checks, list(CHECKS))
     else:
-        (s1, c1, b1), (s2, c2, b2) = targets
+        first, second = targets
+        b1, b2 = first.box, second.box
         dx, dy = (b1[0] + b1[2] - b2[0] - b2[2]) / 2, (b1[1] + b1[3] - b2[1] - b2[3]) / 2
         if abs(dx) >= abs(dy):
             relation = "left" if dx < 0 else "right"
         else:
             relation = "above" if dy < 0 else "below"
-        question = f"Where is the {c1} {s1} relative to the {c2} {s2}?"
+        question = f"Where is the {first.color} {first.shape} relative to the {second.color} {second.shape}?"
         choices, answer = _options(rng, relation, POSITIONS)
     sample = Sample(
         id=f"{split}:{index}",
@@ -186,24 +241,25 @@ def make_scene(index: int, size: int, seed: int, split: str, kinds: Sequence[str
         question=question,
         answer=answer,
         choices=choices,
-        gt_boxes=[[float(v) for v in box] for _, _, box in targets],
+        gt_boxes=[[float(v) for v in t.box] for t in targets],
         env_name="visual_toolbox",
         ability="visual_search",
         reward_style="rule",
         extra={"category": kind, "split": split},
     )
-    return image, sample, [SceneObject(*target) for target in targets] + distractors
+    return image, sample, targets + distractors
 
 
 def make_sample(index: int, size: int, seed: int, split: str, kinds: Sequence[str] = KINDS,
-                clutter: float = 1.0) -> Sample:
+                clutter: float = 1.0, grid: int = 0) -> Sample:
     """One synthetic visual-search row; a pure function of its arguments (see `make_scene`)."""
-    image, sample, _ = make_scene(index, size, seed, split, kinds, clutter)
+    image, sample, _ = make_scene(index, size, seed, split, kinds, clutter, grid)
     return dataclasses.replace(sample, images=[encode_png(image)])
 
 
 def write_synthetic(out_dir: str | Path, n_train: int, n_test: int, size: int,
-                    seed: int, kinds: Sequence[str] = KINDS, clutter: float = 1.0) -> dict[str, Path]:
+                    seed: int, kinds: Sequence[str] = KINDS, clutter: float = 1.0,
+                    grid: int = 0) -> dict[str, Path]:
     """Write train.parquet and test.parquet in the DeepEyes release format; returns their paths."""
     for argument, value, field in (("n_train", n_train, "n_train"), ("n_test", n_test, "n_test"),
                                    ("size", size, "image_size"), ("seed", seed, "seed")):
@@ -212,6 +268,6 @@ def write_synthetic(out_dir: str | Path, n_train: int, n_test: int, size: int,
     out.mkdir(parents=True, exist_ok=True)
     paths = {}
     for split, n in (("train", n_train), ("test", n_test)):
-        samples = [make_sample(i, size, seed, split, kinds, clutter) for i in range(n)]
+        samples = [make_sample(i, size, seed, split, kinds, clutter, grid) for i in range(n)]
         paths[split] = write_samples(samples, out / f"{split}.parquet")
     return paths

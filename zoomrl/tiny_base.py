@@ -11,22 +11,23 @@ weights; every size in `model.base`):
    text the rollout renders (system prompt with the zoom tool, instruction, tool response) and
    the view coordinates 0..view side, so the prompt is short and each coordinate one token.
 2. Data: `model.base.images` scenes of the synthetic generator (`zoomrl.synth.make_scene`, the
-   run's `data.synth` image size, kinds and clutter) from split 'base', never 'train' or 'test'.
-   Every sequence is rendered by the rollout's own code (`actors.prompt`, `actors.sequence`) and
-   every crop cut by the zoom tool itself (`tools.execute_tool` on the parsed call), so the
-   supervised text is token for token what the policy writes and reads at rollout.
+   run's `data.synth` image size, kinds, clutter and grid) from split 'base', never 'train' or
+   'test'. Every sequence is rendered by the rollout's own code (`actors.prompt`,
+   `actors.sequence`) and every crop cut by the zoom tool itself (`tools.execute_tool` on the
+   parsed call), so the supervised text is token for token what the policy writes and reads.
 3. Three stages (`stage_mix`), teacher forcing, token-mean cross-entropy on the assistant tokens
    only, AdamW (warm-up, the peak lr through stages 1-2, cosine decay over stage 3):
-   1. `caption_steps` of captions only (`captions_per_step`): a crop around a random object,
-      "What is in the image?" -> "I see a red star." Perception first and alone: mixed with the
-      rest from step 0 its two words were ~2% of the token-mean loss and were not learned;
+   1. `caption_steps` of captions only (`captions_per_step`): the zoom on a random object,
+      "What is in the image?" -> "I see a green object with red and cyan checks." (`describe`).
+      Perception first and alone: mixed with the rest from step 0 its words were ~2% of the
+      token-mean loss and were not learned;
    2. `pointing_steps` of captions and pointings (`pointings_per_step`): the full view, "Zoom in
       on an object." -> the zoom turn of the trajectories below, its box on a random object;
    3. the rest: captions, pointings and DeepEyes trajectories (`trajectories_per_step`), one of
       four kinds drawn per trajectory:
      * search (40%): `<think>` + a zoom call whose box goes to an object drawn uniformly from ALL
-       objects of the image, not the one asked about; after the crop:
-       `<think>I see a <colour> <shape>.</think>` + `<answer>`;
+       objects of the image, not the one asked about; after the crop: `<think>` + what it sees
+       (`describe`) + `</think>` + `<answer>`;
      * read (30%): the same, zoomed on the asked-about object, but the loss covers only the
        turn after the crop: it teaches reading the target when it is visible, never where it is;
      * direct (15%): tools offered, no call: `<think>` + `<answer>` from the full view;
@@ -34,43 +35,46 @@ weights; every size in `model.base`):
      The answer is always the right option's text (which the reward rules read as that option):
      when the crop shows the target the answer is in it, otherwise it is a guess from the full
      view, so the base learns to use a crop when it holds the target and to guess otherwise.
-   Every supervised zoom box is a ZOOM_SIDE square (12 view pixels) on a ZOOM_GRID (4 px) around
-   the object: the object spans 3-5 patches of the crop, and a box has 49 corner values per axis.
-   The build log reports the loss per sequence kind and per token class (`loss_report`).
+   The objects sit one per cell of the `data.synth.grid` (7 x 7 on deepeyes-mini: a cell is one
+   image token of the full view), and every supervised zoom box is the middle half of the
+   object's cell (`zoom_box`): pointing is a choice among 7 values per axis. The build log
+   reports the loss per sequence kind and per token class (`loss_report`).
 
 What the recipe aims the base to get: the format (think, one valid zoom call, answer; or think,
-answer), boxes on objects of the full view, the colour and shape of a zoomed object, and answering
-from a crop that shows the target. What it must not get: which object a question is about (its
-boxes are uncorrelated with the question), so on held-out questions it zooms on a random object
-and is near chance unless it happens on the target; RL has the visual search to learn. Neither
-does it get more than one zoom per trajectory, nor reasoning in the think text beyond naming what
-it sees.
+answer), boxes on objects of the full view, the colour and the hidden detail (the checks' pair on
+deepeyes-mini) of a zoomed object, and answering from a crop that shows the target. What it must
+not get: which object a question is about (its boxes are uncorrelated with the question), so on
+held-out questions it zooms on a random object and is near chance unless it happens on the
+target; RL has the visual search to learn. Neither does it get more than one zoom per trajectory,
+nor reasoning in the think text beyond naming what it sees.
 
-Status, measured: the base does NOT yet meet its targets; it reads colour, not shape, and does
-not point. `python -m zoomrl.tiny_base --config deepeyes-mini` builds it (1450 steps, 604 s on
-the shared 2-core machine) and prints `measure` on 40 held-out crops and views (test split):
-colour 97.5%, shape 17.5% (chance 16.7%), pointing calls the zoom tool executes 100%, mean IoU
-with the box of the nearest object 0.006, IoU > 0.5 0%. The build log shows why: stage 1 brings
-the perception words from 6.9 to about 0.9 nats (colour ~0, shape stays at chance, ln 6 = 1.8)
-and stage 2 the coordinates only to about 2.8 nats per number. `zoomrl eval --config
-deepeyes-mini` (64 test questions, greedy): 0.0% [0.0, 5.7] with tools (the DeepEyes-prompt zoom
-call has a box with no area, then `<answer></answer>`), 0.0% [0.0, 5.7] with `tools.enabled=[]`
-(`<answer></answer>`). 300 more mixed steps (a probe, lr 5e-4) give shape 25%, executable
-pointing boxes 5%, and still 0.0% in both evaluations: every answer stops after the first BPE
-piece of its word (`<answer>cro</answer>`): the answer words, never spaced in the corpus, were
-split in 2-3 tokens. Those figures are of BASE_FORMAT 2; format 3 adds the answer words to the
-tokenizer corpus (one token each) and is not yet measured at full size. The CI-size base
-(`--config deepeyes-mini-ci`, format 3): 79 s to build, colour 85%, shape 10%, no executable
-pointing box, 0.0% [0.0, 5.7] with and without tools: its 20 mixed steps leave the trajectory
-format unlearned (the DeepEyes prompt gets garbled JSON).
-Probes (tiny_base's pieces, one kind of sequence at a time, same dims): captions alone learn the
-colour in 150-300 steps at lr 3e-4..1e-3, and leave shape at chance after 1200 steps with the
-object at 2-4 patches of the crop, 32.5% after 500 steps at 5-8 patches: the vision tower,
-trained from scratch, learns per-patch colour quickly and shape across patches slowly. Pointing
-from a colour-reading model: 300 steps give well-formed, executable boxes at IoU 0.02.
-Next: shape (a larger or fully attending vision tower, a larger object in the crop, more of the
-cheap caption steps: 0.27 s each), pointing (number embeddings with an ordinal initialisation, a
-coarser grid, more steps), and a longer mixed stage.
+Why the grid and the checks (measured with probes of this module's pieces, one kind of sequence
+at a time, 2-core machine): pointing anywhere (boxes of 12 view px on a 4 px grid, 49 values per
+axis) stayed at 2.7-2.9 nats per coordinate after 400 steps, greedy IoU 0.02, with or without a
+background that encodes the position in its colour and number embeddings initialised in order;
+pointing at grid cells (7 values per axis) reaches 0.6-0.7 nats per coordinate (the floor of
+choosing among 5-9 objects is about 0.5) in 250-300 steps, greedy boxes on an object's very cell
+17.5% after 300 steps. The first answer kind tried, shape, stays at chance in crops where the
+object spans 2-4 patches. A linear read-out of the answer from the 8 x 8 view pixels around each
+object (1081 objects, a quarter held out): stripes of 3 px in alternating pairs 99.6% (an odd
+count tints one side); a 4 x 4 checkerboard 29% linear but 96% from pixel-colour products; 6 x 6
+34%; the 8 x 8 checkerboard 27% linear and 26% from products, chance 25%: no read-out the probe
+could find. What a zoom shows of it is a 4.6-6 px texture, which the vision tower, trained from
+scratch, reads slowly: captions alone, 500 steps, colour 52.5% and checks 27.5% with whole-cell
+boxes; 75% and 22.5% with middle-half boxes and a wider, deeper vision tower (128 x 4); a full
+build with middle-half boxes (1450 steps) colour 100%, checks 25%. A quarter-cell box, which the
+tool enlarges 3x so that a check is about one patch: captions alone, colour 97.5% and checks 100%
+after 500 steps (perception loss 0.01 from step 250).
+
+Status, measured (`python -m zoomrl.tiny_base --config deepeyes-mini`, BASE_FORMAT 4, 1100 steps,
+1012 s on the shared 2-core machine, then `measure` on 40 held-out test scenes): colour 100%,
+checks 100%, pointing turns the zoom tool executes 100%, greedy boxes on an object's very box
+12.5% (sampled ones spread over the objects: the coordinates' loss, 0.74 nats, is near the floor
+of choosing one of 5-9 objects). `zoomrl eval --config deepeyes-mini` (64 held-out questions,
+greedy): **31.2% [21.2, 43.4]** with the zoom tool (one zoom per trajectory, no format error),
+**23.4% [14.7, 35.1]** with `tools.enabled=[]`; chance is 25%. So the base writes the format,
+zooms on an object, reads a crop, and does not know which object is asked about: what RL has to
+learn. The CI-size base (`--config deepeyes-mini-ci`) is not measured at this format.
 """
 
 from __future__ import annotations
@@ -88,7 +92,7 @@ import numpy as np
 
 from tools.view import ImageView
 from zoomrl.config import ModelConfig, SynthConfig, TinyBaseConfig, ToolsConfig
-from zoomrl.synth import COLORS, POSITIONS, SHAPES, SceneObject, make_scene
+from zoomrl.synth import CHECKS, COLORS, POSITIONS, SHAPES, SceneObject, make_scene
 from zoomrl.tiny import (
     TINY_FORMAT,
     _build_model,
@@ -100,17 +104,13 @@ from zoomrl.tiny import (
 )
 from zoomrl.types import Sample
 
-BASE_FORMAT = 3  # bump when the recipe changes (invalidates cached bases)
+BASE_FORMAT = 4  # bump when the recipe changes (invalidates cached bases)
 SPLIT = "base"
 """The generator split the base's scenes come from (RL trains on 'train', evaluates on 'test')."""
-ZOOM_SIDE = 12
-"""Side of every supervised zoom box, in view pixels: at deepeyes-mini's 196 px view it cuts 94
-original pixels, enlarged to 168 px, so a 24-40 px object spans 43-72 px (3-5 patches) of the crop
-(the probes: shape is not learned at 2-4 patches, starts to be at 5-8)."""
-ZOOM_GRID = 4
-"""Supervised box corners are multiples of this many view pixels: fewer coordinate values to learn
-(49 per axis at 196 px), and the object stays inside (it is at most 5 view pixels, the snap moves
-the box by at most half a grid step)."""
+BOX_CELLS = 0.25
+"""Side of a supervised zoom box, in grid cells: a quarter cell (7 view px = 55 original px on
+deepeyes-mini) holds a checkered core whole, and the tool enlarges it 3x (to 168 px), so its
+3-4 px checks come out at 9-12 px, about one vision patch each."""
 MIX = (("search", 0.4), ("read", 0.3), ("direct", 0.15), ("no_tools", 0.15))
 """Trajectory kinds and their shares (see the module docstring)."""
 CAPTION_QUESTION = "What is in the image?"
@@ -124,13 +124,17 @@ def base_model_dir(model_cfg: ModelConfig, synth: SynthConfig) -> Path:
     base = as_dataclass(model_cfg.base, TinyBaseConfig)
     key = json.dumps({"format": [TINY_FORMAT, BASE_FORMAT], "base": dataclasses.asdict(base),
                       "pixels": [model_cfg.min_pixels, model_cfg.max_pixels],
-                      "scenes": [synth.image_size, list(synth.kinds), synth.clutter]}, sort_keys=True)
+                      "scenes": [synth.image_size, list(synth.kinds), synth.clutter, synth.grid]},
+                     sort_keys=True)
     digest = hashlib.sha256(key.encode()).hexdigest()[:12]
     return Path(model_cfg.cache_dir).expanduser() / "models" / f"tiny-base-qwen2.5-vl-{digest}"
 
 
 def ensure_base(model_cfg: ModelConfig, synth: SynthConfig, log: Callable[[str], None] = print) -> Path:
     """The base's folder, built (once per cache) when missing."""
+    if not synth.grid:
+        raise ValueError("model.path=tiny-base needs data.synth.grid > 0: the base's zoom boxes are the "
+                         "grid's cells (the preset deepeyes-mini sets 7)")
     out_dir = base_model_dir(model_cfg, synth)
     if not (out_dir / "config.json").is_file():
         log(f"building the tiny base (once, cached at {out_dir}); recipe: zoomrl/tiny_base.py")
@@ -155,9 +159,10 @@ def base_corpus(model_cfg: ModelConfig, synth: SynthConfig) -> list[str]:
     lines = _tokenizer_corpus()
     lines += [render_prompt(sample, ["image_zoom_in_tool"]), render_prompt(sample, []),
               tool_response(True), ZOOM_THOUGHT, DIRECT_THOUGHT, CAPTION_QUESTION, POINTING_REQUEST]
-    lines += [f"I see a {c} {s}." for c in COLORS for s in SHAPES]
+    lines += [describe(SceneObject(shape, colour, (0, 0, 1, 1), checks))
+              for colour in COLORS for shape in SHAPES for checks in [None, *CHECKS]]
     # every answer word one token: split ("c", "ro", "ss"), a greedy answer stopped after a piece
-    answers = " ".join(f"<answer>{w}</answer>" for w in [*COLORS, *SHAPES, *POSITIONS])
+    answers = " ".join(f"<answer>{w}</answer>" for w in [*COLORS, *SHAPES, *POSITIONS, *CHECKS])
     numbers = " ".join(str(v) for v in range(_view_side(model_cfg, synth) + 1))
     return lines * 8 + [answers] * 64 + [numbers] * 64
 
@@ -170,18 +175,29 @@ class Scene:
     view: ImageView
     """What the model first sees of the image."""
     objects: list[SceneObject]
+    grid: int
+    """Cells per side of the grid the objects are centred in (`data.synth.grid`)."""
 
 
-def zoom_box(obj: SceneObject, view: ImageView) -> list[int]:
-    """The supervised zoom box on `obj`, in pixels of `view`: ZOOM_SIDE square, its corner on the
-    ZOOM_GRID nearest to centring the object, inside the view."""
+def zoom_box(obj: SceneObject, view: ImageView, grid: int) -> list[int]:
+    """The supervised zoom box on `obj`, in pixels of `view`: a square of BOX_CELLS of a cell at
+    the middle of the grid cell it is centred in (objects are drawn one per cell, `data.synth.grid`).
+    The box's corner is a function of the cell alone: pointing is a choice among `grid` values per
+    axis."""
     x1, y1, x2, y2 = obj.box
     sx, sy = view.scale()
-    box = []
-    for centre, side in (((x1 + x2) / 2 / sx, view.width), ((y1 + y2) / 2 / sy, view.height)):
-        low = ZOOM_GRID * round((centre - ZOOM_SIDE / 2) / ZOOM_GRID)
-        box.append(min(max(0, low), (side - ZOOM_SIDE) // ZOOM_GRID * ZOOM_GRID))
-    return [box[0], box[1], box[0] + ZOOM_SIDE, box[1] + ZOOM_SIDE]
+    cell = view.width / grid
+    side = round(cell * BOX_CELLS)
+    corner = [round((int(centre // cell) + 0.5) * cell - side / 2)
+              for centre in ((x1 + x2) / 2 / sx, (y1 + y2) / 2 / sy)]
+    return [corner[0], corner[1], corner[0] + side, corner[1] + side]
+
+
+def describe(obj: SceneObject) -> str:
+    """What the base says it sees in a crop of `obj`."""
+    if obj.checks is not None:
+        return f"I see a {obj.color} object with {obj.checks} checks."
+    return f"I see a {obj.color} {obj.shape}."
 
 
 def zoom_call(box: list[int]) -> str:
@@ -209,9 +225,9 @@ class Pretraining:
         from tools import initial_view
 
         image, sample, objects = make_scene(index, synth.image_size, seed, split, list(synth.kinds),
-                                            synth.clutter)
+                                            synth.clutter, synth.grid)
         view = initial_view(np.asarray(image), self.model_cfg, max_decoded_pixels=10**9)
-        return Scene(sample=sample, view=view, objects=objects)
+        return Scene(sample=sample, view=view, objects=objects, grid=synth.grid)
 
     def crop(self, scene: Scene, turn: str):
         """The view the zoom tool gives back for the call in `turn` (it must succeed)."""
@@ -240,12 +256,12 @@ class Pretraining:
         from actors.prompt import ASSISTANT_OPEN, IM_END, IM_START, IMAGE
         from actors.sequence import TokenSequence
 
-        crop = self.crop(scene, zoom_call(zoom_box(obj, scene.view)))
+        crop = self.crop(scene, zoom_call(zoom_box(obj, scene.view, scene.grid)))
         seq = TokenSequence(image_token_id=self.image_pad)
         seq.insert(self._encode(f"{IM_START}user\n{IMAGE}{CAPTION_QUESTION}{IM_END}\n{ASSISTANT_OPEN}"),
                    [crop.pixels])
         prompt_len = len(seq.ids)
-        self._supervise(seq, f"I see a {obj.color} {obj.shape}.{IM_END}", True)
+        self._supervise(seq, f"{describe(obj)}{IM_END}", True)
         return self._record(seq, "caption", prompt_len)
 
     def pointing(self, scene: Scene, obj: SceneObject):
@@ -256,7 +272,7 @@ class Pretraining:
         seq.insert(self._encode(f"{IM_START}user\n{IMAGE}{POINTING_REQUEST}{IM_END}\n{ASSISTANT_OPEN}"),
                    [scene.view.pixels])
         prompt_len = len(seq.ids)
-        self._supervise(seq, zoom_call(zoom_box(obj, scene.view)), True)
+        self._supervise(seq, zoom_call(zoom_box(obj, scene.view, scene.grid)), True)
         return self._record(seq, "pointing", prompt_len)
 
     def trajectory(self, scene: Scene, kind: str, obj: SceneObject | None):
@@ -272,11 +288,11 @@ class Pretraining:
         if kind in ("direct", "no_tools"):
             self._supervise(seq, f"{DIRECT_THOUGHT}\n{answer}", True)
             return self._record(seq, kind, prompt_len)
-        turn = zoom_call(zoom_box(obj, scene.view))
+        turn = zoom_call(zoom_box(obj, scene.view, scene.grid))
         crop = self.crop(scene, turn)
         self._supervise(seq, turn, kind == "search")
         seq.insert(self._encode(IM_END + "\n" + tool_response(with_image=True)), [crop.pixels])
-        self._supervise(seq, f"<think>I see a {obj.color} {obj.shape}.</think>\n{answer}", True)
+        self._supervise(seq, f"<think>{describe(obj)}</think>\n{answer}", True)
         return self._record(seq, kind, prompt_len)
 
     def _supervise(self, seq, text: str, trained: bool) -> None:
@@ -311,9 +327,9 @@ def stage_mix(step: int, base: TinyBaseConfig) -> tuple[int, int, int]:
 
 def token_classes(tokenizer) -> dict[str, set[int]]:
     """Token ids of the supervised text's classes the build log reports apart: 'perception' (the
-    colour and shape words a caption names) and 'coordinates' (numbers: the zoom box); the rest
+    colour, shape and check words a caption names) and 'coordinates' (numbers: the zoom box); the rest
     is 'format'."""
-    words = [*COLORS, *SHAPES]
+    words = {*COLORS, *SHAPES, *(word for pair in CHECKS for word in pair.split() if word != "and")}
     return {"perception": {tokenizer.encode(" " + w, add_special_tokens=False)[0] for w in words},
             "coordinates": {i for i in range(len(tokenizer)) if tokenizer.decode([i]).strip().isdigit()}}
 
@@ -403,12 +419,13 @@ class BaseSkills:
 
     colour: float
     """Share of captions of a zoomed object that name its colour."""
-    shape: float
-    """Share of captions of a zoomed object that name its shape."""
+    detail: float
+    """Share of captions of a zoomed object that name what the full view hides: its pair of
+    check colours (a checkered object), or its shape (a plain one)."""
     pointing_iou: float
     """Mean IoU of the pointed box with the supervised zoom box of the object it best matches."""
     pointing_hits: float
-    """Share of pointed boxes with that IoU above 0.5."""
+    """Share of pointed boxes with that IoU above 0.5 (with grid cells: the very cell)."""
     pointing_valid: float
     """Share of pointing turns holding a call the zoom tool executes without an error."""
     n: int
@@ -448,14 +465,15 @@ def measure(model, processor, model_cfg: ModelConfig, synth: SynthConfig, n: int
                                  max_new_tokens=max_new_tokens)
         return processor.tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=False)
 
-    colour = shape = valid = hits = 0
+    colour = detail = valid = hits = 0
     ious = []
     for index in range(n):
         scene = data.scene(index, synth, synth.seed, split)
         obj = rng.choice(scene.objects)
-        words = re.findall(r"[a-z]+", generate(data.caption(scene, obj), 8).split("<|im_end|>")[0])
+        caption = generate(data.caption(scene, obj), 16).split("<|im_end|>")[0]
+        words = re.findall(r"[a-z]+", caption)
         colour += obj.color in words
-        shape += obj.shape in words
+        detail += f"with {obj.checks} checks" in caption if obj.checks else obj.shape in words
         call = parse_tool_call(generate(data.pointing(scene, obj), 64))
         if not (isinstance(call, ToolCall)
                 and not execute_tool(call, [scene.view], data.tools_cfg, model_cfg).error):
@@ -463,10 +481,10 @@ def measure(model, processor, model_cfg: ModelConfig, synth: SynthConfig, n: int
             continue
         valid += 1
         box = call.arguments["bbox_2d"]
-        best = max(_iou(box, zoom_box(o, scene.view)) for o in scene.objects)
+        best = max(_iou(box, zoom_box(o, scene.view, scene.grid)) for o in scene.objects)
         ious.append(best)
         hits += best > 0.5
-    return BaseSkills(colour=colour / n, shape=shape / n, pointing_iou=sum(ious) / n,
+    return BaseSkills(colour=colour / n, detail=detail / n, pointing_iou=sum(ious) / n,
                       pointing_hits=hits / n, pointing_valid=valid / n, n=n)
 
 

@@ -40,8 +40,8 @@ class Validation:
 
     figures: dict[str, float]
     """val/accuracy, val/accuracy/<category>, val/tool_calls_per_trajectory, val/zoom_share,
-    val/grounding_iou (absent when no trajectory zoomed on a question with boxes), val/n
-    (trajectories) and val/seconds."""
+    val/grounding_iou (absent when no trajectory zoomed on a question with boxes),
+    val/response_tokens (sampled tokens per trajectory), val/n (trajectories) and val/seconds."""
     records: list[dict[str, Any]]
     """One `zoomrl.evaluate.eval_record` per trajectory, as written to the trajectories file."""
 
@@ -80,7 +80,8 @@ def val_figures(records: list[dict[str, Any]], seconds: float) -> dict[str, floa
     """The val/... figures of evaluation records (see `Validation.figures`)."""
     overall = figures(records)
     named = {"accuracy": overall.accuracy, "tool_calls_per_trajectory": overall.tool_calls_per_trajectory,
-             "zoom_share": overall.zoom_share, "n": overall.trajectories, "seconds": seconds}
+             "zoom_share": overall.zoom_share, "n": overall.trajectories, "seconds": seconds,
+             "response_tokens": sum(r["response_tokens"] for r in records) / max(len(records), 1)}
     if overall.grounding_iou is not None:
         named["grounding_iou"] = overall.grounding_iou
     for category in sorted({r["category"] for r in records}):
