@@ -71,10 +71,11 @@ class TokenSequence:
         if list(expanded_prompt_ids) != self.ids:
             first = next((i for i, (a, b) in enumerate(zip(expanded_prompt_ids, self.ids, strict=False))
                           if a != b), min(len(expanded_prompt_ids), len(self.ids)))
+            around = slice(max(first - 4, 0), first + 4)
             raise ViewMismatch(f"engine expanded the prompt to {len(expanded_prompt_ids)} tokens, the "
                                f"learner's view has {len(self.ids)}; first difference at token {first} "
-                               f"(engine {list(expanded_prompt_ids[first - 4:first + 4])}, learner "
-                               f"{self.ids[first - 4:first + 4]}; images {[im.shape for im in self.images]})")
+                               f"(engine {list(expanded_prompt_ids[around])}, learner {self.ids[around]}; "
+                               f"images {[im.shape for im in self.images]})")
 
     def arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(input_ids int64, loss_mask int8, behavior_logprobs float32), each (T,)."""

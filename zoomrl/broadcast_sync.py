@@ -27,6 +27,11 @@ from zoomrl.config import Config
 from zoomrl.weight_group import GroupSpec, member_names, rank_offsets
 
 
+def broadcast_sync(cfg: Config, learner: LearnerGroup) -> BroadcastSync | None:
+    """The run's broadcast group, or None when weights go through the object store."""
+    return None if cfg.weight_sync.method == "object_store" else BroadcastSync(cfg, learner)
+
+
 class BroadcastSync:
     """The weight-sync group between a learner group and a changing set of rollout actors."""
 

@@ -48,7 +48,7 @@ import ray
 from learner.checkpoint import remove_old_checkpoints
 from learner.group import LearnerGroup
 from rewards import JudgeError
-from zoomrl.broadcast_sync import BroadcastSync
+from zoomrl.broadcast_sync import broadcast_sync
 from zoomrl.cluster import start_ray
 from zoomrl.config import Config, save_config
 from zoomrl.control import PoolStatus, start_control
@@ -128,8 +128,8 @@ class Driver:
         self.summaries: dict[str, GroupSummary] = {}
         """group id -> summary of every finished group not yet trained on (or dropped): the driver
         plans and logs from these and never fetches a whole group (the learner ranks do)."""
-        broadcast = None if cfg.weight_sync.method == "object_store" else BroadcastSync(cfg, self.learner)
-        self.pool = RolloutPool(cfg, inputs.model_path, cfg.rollout.num_workers, say, broadcast)
+        self.pool = RolloutPool(cfg, inputs.model_path, cfg.rollout.num_workers, say,
+                                broadcast_sync(cfg, self.learner))
         if self.step > 0:  # the engines start from the model path: give them the resumed weights
             self._send_weights(self.step, wait=True)
         self.sent_version = self.step

@@ -36,8 +36,8 @@ weights; every size in `model.base`):
      when the crop shows the target the answer is in it, otherwise it is a guess from the full
      view, so the base learns to use a crop when it holds the target and to guess otherwise.
    The objects sit one per cell of the `data.synth.grid` (7 x 7 on deepeyes-mini: a cell is one
-   image token of the full view), and every supervised zoom box is the middle half of the
-   object's cell (`zoom_box`): pointing is a choice among 7 values per axis. The build log
+   image token of the full view), and every supervised zoom box is a quarter cell (BOX_CELLS) at
+   the middle of the object's cell (`zoom_box`): pointing is a choice among 7 values per axis. The build log
    reports the loss per sequence kind and per token class (`loss_report`).
 
 What the recipe aims the base to get: the format (think, one valid zoom call, answer; or think,
@@ -91,7 +91,7 @@ from pathlib import Path
 import numpy as np
 
 from tools.view import ImageView
-from zoomrl.config import ModelConfig, SynthConfig, TinyBaseConfig, ToolsConfig
+from zoomrl.config import ConfigError, ModelConfig, SynthConfig, TinyBaseConfig, ToolsConfig
 from zoomrl.synth import CHECKS, COLORS, POSITIONS, SHAPES, SceneObject, make_scene
 from zoomrl.tiny import (
     TINY_FORMAT,
@@ -133,8 +133,8 @@ def base_model_dir(model_cfg: ModelConfig, synth: SynthConfig) -> Path:
 def ensure_base(model_cfg: ModelConfig, synth: SynthConfig, log: Callable[[str], None] = print) -> Path:
     """The base's folder, built (once per cache) when missing."""
     if not synth.grid:
-        raise ValueError("model.path=tiny-base needs data.synth.grid > 0: the base's zoom boxes are the "
-                         "grid's cells (the preset deepeyes-mini sets 7)")
+        raise ConfigError("model.path=tiny-base needs data.synth.grid > 0: the base's zoom boxes are "
+                          "set by the grid's cells (the preset deepeyes-mini sets 7)")
     out_dir = base_model_dir(model_cfg, synth)
     if not (out_dir / "config.json").is_file():
         log(f"building the tiny base (once, cached at {out_dir}); recipe: zoomrl/tiny_base.py")
@@ -425,7 +425,8 @@ class BaseSkills:
     pointing_iou: float
     """Mean IoU of the pointed box with the supervised zoom box of the object it best matches."""
     pointing_hits: float
-    """Share of pointed boxes with that IoU above 0.5 (with grid cells: the very cell)."""
+    """Share of pointed boxes with that IoU above 0.5 (on a grid: the very box, since the boxes
+    of neighbouring cells do not overlap)."""
     pointing_valid: float
     """Share of pointing turns holding a call the zoom tool executes without an error."""
     n: int

@@ -82,15 +82,15 @@ def train_mode(cfg: Config, mode: str, steps: int, eval_every: int, runs_dir: st
     driver = Driver(cfg, new_run_dir(cfg))
     try:
         driver.run()
-        lines = (driver.run_dir / "metrics.jsonl").read_text().splitlines()
+        records = [json.loads(line) for line in (driver.run_dir / "metrics.jsonl").read_text().splitlines()]
     finally:
         driver.close()
-    validations = [record for record in map(json.loads, lines) if "val/accuracy" in record]
+    validations = [record for record in records if "val/accuracy" in record]
     last = validations[-1]
     return {"mode": mode, "wall_s": time.perf_counter() - started,
             "final": interval(round(last["val/accuracy"] * last["val/n"]), int(last["val/n"])),
             "curve": [{"step": r["step"], **{k: r.get(f"val/{k}") for k in CURVES}} for r in validations],
-            "train_reward": [r["reward_mean"] for r in map(json.loads, lines)]}
+            "train_reward": [r["reward_mean"] for r in records]}
 
 
 def draw(path: Path, base: dict, runs: list[dict]) -> None:

@@ -60,13 +60,13 @@ ACTOR_PHASES = ("weights_fetch_s", "weights_hand_off_s", "weights_engine_load_s"
 
 def measure_size(cfg: Config, repeats: int, bandwidth: float) -> dict:
     from learner.group import LearnerGroup
-    from zoomrl.broadcast_sync import BroadcastSync
+    from zoomrl.broadcast_sync import broadcast_sync
     from zoomrl.rollout_pool import RolloutPool
     from zoomrl.tiny import ensure_model
 
     model_path = ensure_model(cfg.model)
     learner = LearnerGroup(cfg, model_path)
-    broadcast = None if cfg.weight_sync.method == "object_store" else BroadcastSync(cfg, learner)
+    broadcast = broadcast_sync(cfg, learner)
     pool = RolloutPool(cfg, model_path, cfg.rollout.num_workers, broadcast=broadcast)
     records = []
     try:
