@@ -11,6 +11,7 @@ from zoomrl.images import (
     ImageError,
     decode_image,
     encode_png,
+    model_size,
     num_image_tokens,
     resize_for_model,
     smart_resize,
@@ -37,6 +38,33 @@ def test_resized_image_is_a_fixed_point():
     assert (h % 28, w % 28) == (0, 0) and h * w <= 200704
     assert smart_resize(h, w, 3136, 200704) == (h, w)
     assert num_image_tokens(h, w) == (h // 28) * (w // 28)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.integers(1, 4000), st.integers(1, 4000),
+       st.sampled_from([(28224, 50176), (3136, 200704), (56 * 56, 28 * 28 * 1280)]))
+def test_model_size_is_kept_by_the_processor(height, width, budget):
+    """Stored sizes must be fixed points of the processor's resize, or vLLM and the learner count
+    different image tokens; (28224, 50176) is deepeyes-mini's narrow range, where smart_resize
+    alone is not always one."""
+    min_pixels, max_pixels = budget
+    if max(height, width) / min(height, width) > 100:  # the zoom tool refuses such boxes
+        return
+    size = model_size(height, width, min_pixels, max_pixels)
+    assert hf_smart_resize(*size, factor=28, min_pixels=min_pixels, max_pixels=max_pixels) == size
+
+
+def test_thin_crop_gets_the_tokens_the_processor_gives_it():
+    """The crop that made a deepeyes-mini run stop on a ViewMismatch: smart_resize puts 99x1595 at
+    28x896 (32 tokens), which the processor resizes again to 56x952 (68 tokens)."""
+    from transformers import Qwen2VLImageProcessor
+
+    min_pixels, max_pixels = 28224, 50176
+    pixels = resize_for_model(Image.new("RGB", (1595, 99), (200, 10, 10)), min_pixels, max_pixels)
+    assert pixels.shape[:2] == (28, 1008)
+    processor = Qwen2VLImageProcessor(size={"shortest_edge": min_pixels, "longest_edge": max_pixels})
+    grid = processor(images=[pixels], return_tensors="pt")["image_grid_thw"]
+    assert int(grid.prod()) // 4 == num_image_tokens(*pixels.shape[:2])
 
 
 def test_decode_refuses_bad_bytes():

@@ -1,9 +1,9 @@
 """Image decoding and the one resize rule every image and crop goes through.
 
 Images are resized once, at rollout time, with Qwen2.5-VL's "smart resize" (sides multiples of
-28 = patch 14 x merge 2, pixel count inside [min_pixels, max_pixels], aspect kept). An image that
-already has such a size passes through the processor unchanged, so the learner sees exactly the
-number of image tokens the rollout engine saw.
+28 = patch 14 x merge 2, pixel count inside [min_pixels, max_pixels], aspect kept), moved where
+needed to a size the rule keeps (`model_size`). An image of such a size passes through the
+processor unchanged, in vLLM and in the learner, so both see exactly the same image tokens.
 """
 
 from __future__ import annotations
@@ -43,6 +43,27 @@ def smart_resize(height: int, width: int, min_pixels: int, max_pixels: int,
     return h_bar, w_bar
 
 
+def model_size(height: int, width: int, min_pixels: int, max_pixels: int) -> tuple[int, int]:
+    """(height, width) an image is stored at: smart_resize's, which the processor keeps as it is.
+
+    smart_resize alone is not always such a size. With its pixel range narrow, a thin image can
+    land outside the range (99x1595 -> 28x896 = 25,088 pixels, under a minimum of 28,224), and the
+    processor, resizing again, gives vLLM 56x952: 36 image tokens more than the learner counts. Such
+    a size keeps its short side and moves its long side, in steps of 28, into the range.
+    """
+    h_bar, w_bar = smart_resize(height, width, min_pixels, max_pixels)
+    if not min_pixels <= h_bar * w_bar <= max_pixels:
+        short, long = sorted((h_bar, w_bar))
+        shortest_long = math.ceil(min_pixels / short / PATCH_FACTOR) * PATCH_FACTOR
+        longest_long = max_pixels // short // PATCH_FACTOR * PATCH_FACTOR
+        long = min(max(long, shortest_long), longest_long)
+        h_bar, w_bar = (short, long) if h_bar <= w_bar else (long, short)
+    if smart_resize(h_bar, w_bar, min_pixels, max_pixels) != (h_bar, w_bar):
+        raise ImageError(f"no size near {width}x{height} that the processor keeps with pixels in "
+                         f"[{min_pixels}, {max_pixels}]: widen model.min_pixels..model.max_pixels")
+    return h_bar, w_bar
+
+
 def num_image_tokens(height: int, width: int, factor: int = PATCH_FACTOR) -> int:
     """Image tokens the model spends on an already resized image."""
     return (height // factor) * (width // factor)
@@ -77,8 +98,8 @@ def encode_png(image: Image.Image | np.ndarray) -> bytes:
 
 
 def resize_for_model(image: Image.Image, min_pixels: int, max_pixels: int) -> np.ndarray:
-    """The image as the model will see it: smart-resized, RGB, (H, W, 3) uint8."""
-    height, width = smart_resize(image.height, image.width, min_pixels, max_pixels)
+    """The image as the model will see it: at its model_size, RGB, (H, W, 3) uint8."""
+    height, width = model_size(image.height, image.width, min_pixels, max_pixels)
     if (height, width) != (image.height, image.width):
         image = image.resize((width, height), Image.Resampling.BICUBIC)
     return np.asarray(image.convert("RGB"), dtype=np.uint8)
