@@ -91,6 +91,10 @@ class TinyModelConfig:
     """Vision attention heads."""
     vocab_size: Count = 512
     """Target size of the locally trained byte-level BPE vocabulary (special tokens included)."""
+    rope_theta: Annotated[float, Range(gt=1)] = 1_000_000.0
+    """Base of the text decoder's rotary frequencies (Qwen2.5-VL's 1e6 by default). Multimodal RoPE
+    gives an image token's row and column the lower frequencies: at 1e6 a column moves the
+    fastest of them by 2e-4 radians, so a tiny decoder cannot tell a 7 x 7 grid's columns apart."""
     seed: Seed = 0
     """Seed of the random weights."""
 

@@ -123,7 +123,7 @@ def _build_model(tiny: TinyModelConfig, tokenizer):
             num_attention_heads=tiny.num_attention_heads,
             num_key_value_heads=tiny.num_key_value_heads,
             max_position_embeddings=32768,
-            rope_parameters={"rope_type": "default", "rope_theta": 1_000_000.0,
+            rope_parameters={"rope_type": "default", "rope_theta": tiny.rope_theta,
                              "mrope_section": mrope_section},
             bos_token_id=ids["<|endoftext|>"],
             eos_token_id=ids["<|im_end|>"],

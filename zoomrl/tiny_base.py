@@ -67,14 +67,28 @@ tool enlarges 3x so that a check is about one patch: captions alone, colour 97.5
 after 500 steps (perception loss 0.01 from step 250).
 
 Status, measured (`python -m zoomrl.tiny_base --config deepeyes-mini`, BASE_FORMAT 4, 1100 steps,
-1012 s on the shared 2-core machine, then `measure` on 40 held-out test scenes): colour 100%,
+820-1012 s on the shared 2-core machine, then `measure` on 40 held-out test scenes): colour 100%,
 checks 100%, pointing turns the zoom tool executes 100%, greedy boxes on an object's very box
-12.5% (sampled ones spread over the objects: the coordinates' loss, 0.74 nats, is near the floor
-of choosing one of 5-9 objects). `zoomrl eval --config deepeyes-mini` (64 held-out questions,
-greedy): **31.2% [21.2, 43.4]** with the zoom tool (one zoom per trajectory, no format error),
-**23.4% [14.7, 35.1]** with `tools.enabled=[]`; chance is 25%. So the base writes the format,
-zooms on an object, reads a crop, and does not know which object is asked about: what RL has to
-learn. The CI-size base (`--config deepeyes-mini-ci`) is not measured at this format.
+12.5-20%. `zoomrl eval --config deepeyes-mini` (64 held-out questions, greedy): 31.2-34.4% with
+the zoom tool (one zoom per trajectory, no format error), 17.2-23.4% with `tools.enabled=[]`;
+chance is 25%.
+
+**Not yet a base RL can start from** (measured 2026-12-04): the base does not point at objects.
+Boxes sampled at temperature 1, as RL samples them, land on an object 13.8% of the time, and
+14.6% of the grid's cells hold one (`sampled_hits` against `chance`): it picks a random cell. (Its
+coordinates' loss, 0.75 nats a token, had been read as near the floor of choosing an object; the
+sampled boxes say otherwise.) A 40-step GRPO run from it (`python -m bench deepeyes_mini`, conditional)
+zoomed on the target in none of the 57 zooms of its logged trajectories, and its held-out
+accuracy went 34.4% -> 32.8% (step
+10) -> 0% (steps 20, 30: every answer "from the whole image", a colour pair no option has) ->
+23.4% (step 40). Sampled answers were no option at all in 60-70% of trajectories: the base's
+guesses (the right option's text, which it cannot see) taught it a spread over colour words.
+Probes of the pointing stage alone (300 steps, pointings and captions): the decoder's rotary
+base `model.base.dims.rope_theta` 1e6 (Qwen's) leaves the columns of a 7-wide grid within 2e-4
+radians of one another, and gave coordinate loss 1.39 nats with 12/64 sampled calls valid; 20
+or 2 gave 0.76 nats and 58-59/64 valid, but still 11-14% of boxes on an object (chance); tinting
+each cell's background with its address gave 1.40 nats. Where the tiny base fails is localising
+the objects in the full view, not the coordinate format.
 """
 
 from __future__ import annotations
@@ -117,6 +131,8 @@ CAPTION_QUESTION = "What is in the image?"
 POINTING_REQUEST = "Zoom in on an object."
 ZOOM_THOUGHT = "<think>The object is small, so I zoom in on the region to see it clearly.</think>"
 DIRECT_THOUGHT = "<think>I answer from the whole image.</think>"
+SAMPLED_POINTINGS = 4
+"""Pointing turns `measure` samples per scene."""
 
 
 def base_model_dir(model_cfg: ModelConfig, synth: SynthConfig) -> Path:
@@ -381,6 +397,7 @@ def build_base(model_cfg: ModelConfig, synth: SynthConfig, out_dir: Path,
     rng = random.Random(f"tiny-base:{base.seed}")
     optimizer = torch.optim.AdamW(model.parameters(), lr=base.lr, weight_decay=0.01)
     kinds, shares = zip(*MIX, strict=True)
+    losses = []
     for step in range(base.steps if steps is None else min(steps, base.steps)):
         captions, pointings, trajectories = stage_mix(step, base)
         items = []
@@ -404,13 +421,17 @@ def build_base(model_cfg: ModelConfig, synth: SynthConfig, out_dir: Path,
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
+        losses.append(loss.item())
         if step % 50 == 0 or step == base.steps - 1:
             log(f"tiny base: step {step}/{base.steps} loss {loss.item():.3f} "
                 f"({loss_report(logprobs, batch, [t.sample_id for t in items], classes)}) "
                 f"({time.perf_counter() - start:.0f}s)")
     model.config._attn_implementation = "sdpa"  # the folder loads like any other
     model.eval()
-    return save_folder(out_dir, model, processor, tokenizer)
+    save_folder(out_dir, model, processor, tokenizer)
+    (out_dir / "build.json").write_text(json.dumps({"seconds": time.perf_counter() - start,
+                                                    "losses": losses}) + "\n")
+    return out_dir
 
 
 @dataclasses.dataclass
@@ -429,6 +450,11 @@ class BaseSkills:
     of neighbouring cells do not overlap)."""
     pointing_valid: float
     """Share of pointing turns holding a call the zoom tool executes without an error."""
+    sampled_hits: float
+    """Share of pointing turns sampled at temperature 1 (SAMPLED_POINTINGS per scene, as RL
+    samples them) whose box is an object's; compare with `chance`."""
+    chance: float
+    """Share of grid cells holding an object: what boxes on random cells would score."""
     n: int
     """Crops and views measured (each)."""
 
@@ -444,7 +470,7 @@ def measure(model, processor, model_cfg: ModelConfig, synth: SynthConfig, n: int
             split: str = "test") -> BaseSkills:
     """The base's perception and pointing on `n` scenes of `split` (the RL held-out split by
     default, seed `synth.seed`): greedy captions of a crop around a random object (cut by the zoom
-    tool, as in pretraining), and greedy pointing turns on the full view."""
+    tool, as in pretraining), and greedy and sampled pointing turns on the full view."""
     import re
 
     import torch
@@ -456,17 +482,28 @@ def measure(model, processor, model_cfg: ModelConfig, synth: SynthConfig, n: int
     rng = random.Random(f"tiny-base-measure:{split}")
     image_token = model.config.image_token_id
 
-    def generate(record, max_new_tokens: int) -> str:
+    def generate(record, max_new_tokens: int, sample: bool = False) -> str:
         ids = torch.tensor(record.input_ids[:record.prompt_len])[None]
         vision = processor.image_processor(images=list(record.images[:1]), return_tensors="pt")
         with torch.no_grad():
             out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids),
                                  pixel_values=vision["pixel_values"], image_grid_thw=vision["image_grid_thw"],
-                                 mm_token_type_ids=(ids == image_token).int(), do_sample=False,
+                                 mm_token_type_ids=(ids == image_token).int(), do_sample=sample,
                                  max_new_tokens=max_new_tokens)
         return processor.tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=False)
 
-    colour = detail = valid = hits = 0
+    def pointed_box(record, view: ImageView, sample: bool = False) -> list[int] | None:
+        """The pointing's box, or None when the zoom tool would refuse the call."""
+        call = parse_tool_call(generate(record, 72, sample).split("</tool_call>")[0] + "</tool_call>")
+        if isinstance(call, ToolCall) and not execute_tool(call, [view], data.tools_cfg, model_cfg).error:
+            return call.arguments["bbox_2d"]
+        return None
+
+    def best_iou(box: list[int], scene: Scene) -> float:
+        return max(_iou(box, zoom_box(o, scene.view, scene.grid)) for o in scene.objects)
+
+    torch.manual_seed(0)  # the sampled pointings
+    colour = detail = valid = hits = sampled_hits = chance = 0
     ious = []
     for index in range(n):
         scene = data.scene(index, synth, synth.seed, split)
@@ -475,18 +512,17 @@ def measure(model, processor, model_cfg: ModelConfig, synth: SynthConfig, n: int
         words = re.findall(r"[a-z]+", caption)
         colour += obj.color in words
         detail += f"with {obj.checks} checks" in caption if obj.checks else obj.shape in words
-        call = parse_tool_call(generate(data.pointing(scene, obj), 64))
-        if not (isinstance(call, ToolCall)
-                and not execute_tool(call, [scene.view], data.tools_cfg, model_cfg).error):
-            ious.append(0.0)
-            continue
-        valid += 1
-        box = call.arguments["bbox_2d"]
-        best = max(_iou(box, zoom_box(o, scene.view, scene.grid)) for o in scene.objects)
-        ious.append(best)
-        hits += best > 0.5
+        chance += len(scene.objects) / scene.grid**2
+        for _ in range(SAMPLED_POINTINGS):
+            box = pointed_box(data.pointing(scene, obj), scene.view, sample=True)
+            sampled_hits += box is not None and best_iou(box, scene) > 0.5
+        box = pointed_box(data.pointing(scene, obj), scene.view)
+        ious.append(0.0 if box is None else best_iou(box, scene))
+        valid += box is not None
+        hits += ious[-1] > 0.5
     return BaseSkills(colour=colour / n, detail=detail / n, pointing_iou=sum(ious) / n,
-                      pointing_hits=hits / n, pointing_valid=valid / n, n=n)
+                      pointing_hits=hits / n, pointing_valid=valid / n,
+                      sampled_hits=sampled_hits / (n * SAMPLED_POINTINGS), chance=chance / n, n=n)
 
 
 def main() -> None:
