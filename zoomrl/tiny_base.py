@@ -77,12 +77,12 @@ chance is 25%.
 Boxes sampled at temperature 1, as RL samples them, land on an object 13.8% of the time, and
 14.6% of the grid's cells hold one (`sampled_hits` against `chance`): it picks a random cell. (Its
 coordinates' loss, 0.75 nats a token, had been read as near the floor of choosing an object; the
-sampled boxes say otherwise.) A 40-step GRPO run from it (`python -m bench deepeyes_mini`, conditional)
-zoomed on the target in none of the 57 zooms of its logged trajectories, and its held-out
-accuracy went 34.4% -> 32.8% (step
-10) -> 0% (steps 20, 30: every answer "from the whole image", a colour pair no option has) ->
-23.4% (step 40). Sampled answers were no option at all in 60-70% of trajectories: the base's
-guesses (the right option's text, which it cannot see) taught it a spread over colour words.
+sampled boxes say otherwise.) A 40-step GRPO run from it (`python -m bench deepeyes_mini`,
+conditional) zoomed on the target in none of the 57 zooms of its logged trajectories, and its
+held-out accuracy went 34.4% -> 32.8% (step 10) -> 0% (steps 20, 30: every answer "from the
+whole image", a colour pair no option has) -> 23.4% (step 40). Sampled answers were no option at
+all in 60-70% of trajectories: the base's guesses (the right option's text, which it cannot see)
+taught it a spread over colour words.
 Probes of the pointing stage alone (300 steps, pointings and captions): the decoder's rotary
 base `model.base.dims.rope_theta` at 1e6 (Qwen's) puts neighbouring columns of the grid 2e-4
 radians apart at the fastest frequency multimodal RoPE gives columns, and gave coordinate loss
@@ -448,7 +448,8 @@ def build_base(model_cfg: ModelConfig, synth: SynthConfig, out_dir: Path,
 
 @dataclasses.dataclass
 class BaseSkills:
-    """What `measure` finds the base can do on held-out scenes (greedy decoding)."""
+    """What `measure` finds the base can do on held-out scenes (greedy decoding, except
+    `sampled_hits`)."""
 
     colour: float
     """Share of captions of a zoomed object that name its colour."""
@@ -505,7 +506,8 @@ def measure(model, processor, model_cfg: ModelConfig, synth: SynthConfig, n: int
         return processor.tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=False)
 
     def pointed_box(record, view: ImageView, sample: bool = False) -> list[int] | None:
-        """The pointing's box, or None when the zoom tool would refuse the call."""
+        """The pointing's box, or None when the zoom tool would refuse the call. The turn is cut at
+        its first `</tool_call>`, where the rollout's engine stops."""
         call = parse_tool_call(generate(record, 72, sample).split("</tool_call>")[0] + "</tool_call>")
         if isinstance(call, ToolCall) and not execute_tool(call, [view], data.tools_cfg, model_cfg).error:
             return call.arguments["bbox_2d"]
@@ -525,10 +527,11 @@ def measure(model, processor, model_cfg: ModelConfig, synth: SynthConfig, n: int
         colour += obj.color in words
         detail += f"with {obj.checks} checks" in caption if obj.checks else obj.shape in words
         chance += len(scene.objects) / scene.grid**2
+        pointing = data.pointing(scene, obj)
         for _ in range(SAMPLED_POINTINGS):
-            box = pointed_box(data.pointing(scene, obj), scene.view, sample=True)
+            box = pointed_box(pointing, scene.view, sample=True)
             sampled_hits += box is not None and best_iou(box, scene) > 0.5
-        box = pointed_box(data.pointing(scene, obj), scene.view)
+        box = pointed_box(pointing, scene.view)
         ious.append(0.0 if box is None else best_iou(box, scene))
         valid += box is not None
         hits += ious[-1] > 0.5
