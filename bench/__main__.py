@@ -1,8 +1,8 @@
 """`python -m bench CASE [--config PRESET_OR_YAML] [--out FILE] [flags] [key=value ...]`
 
 Cases (one module each under bench/cases/; `python -m bench CASE --help` lists a case's flags):
-async_vs_sync, vs_trl, rollout, learner, weight_sync, tools, gpu, deepeyes_mini. Each writes one JSON record
-(default bench/results/CASE.json) and prints a one-line summary. See bench/README.md.
+async_vs_sync, vs_trl, rollout, learner, weight_sync, tools, gpu, deepeyes_mini, pointing. Each writes
+one JSON record (default bench/results/CASE.json) and prints a one-line summary. See bench/README.md.
 """
 
 from __future__ import annotations
@@ -17,7 +17,8 @@ from pathlib import Path
 from bench.common import RESULTS_DIR, write_result
 from zoomrl.config import DEFAULT_PRESET, ConfigError, load_config, preset_names
 
-CASES = ("async_vs_sync", "vs_trl", "rollout", "learner", "weight_sync", "tools", "gpu", "deepeyes_mini")
+CASES = ("async_vs_sync", "vs_trl", "rollout", "learner", "weight_sync", "tools", "gpu", "deepeyes_mini",
+         "pointing")
 
 
 def build_parser() -> argparse.ArgumentParser:

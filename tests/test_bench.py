@@ -136,3 +136,23 @@ def test_deepeyes_mini_figure_has_one_curve_per_mode_from_the_base(tmp_path):
     out = tmp_path / "curves.png"
     deepeyes_mini.draw(out, base, runs)
     assert Image.open(out).size == (1760, 374)  # 4 panels of 4 x 3.4 inches at 110 dpi
+
+
+def test_pointing_case_reports_the_decoders_log_loss_against_its_floors(tmp_path):
+    """Two steps on hand-made tokens (the figures of a full run are in bench/README.md)."""
+    import math
+
+    out = tmp_path / "pointing.json"
+    args = ["pointing", "--steps", "2", "--scenes", "4", "--vision", "object-codes", "--out", str(out)]
+    assert main(args) == 0
+    figures = json.loads(out.read_text())["figures"]
+    assert figures["random_cell_nll"] == pytest.approx(math.log(7))
+    # a box on a random object is more certain than one on a random cell
+    assert 0 < figures["random_object_x1_entropy"] < figures["random_cell_nll"]
+    assert 0 <= figures["random_object_y1_entropy"] < figures["random_cell_nll"]
+    assert figures["x1_nll"] > 0 and figures["y1_nll"] > 0 and len(figures["loss_first"]) == 2
+
+
+def test_pointing_case_dense_head_needs_the_tower():
+    with pytest.raises(ValueError, match="needs --vision tower"):
+        main(["pointing", "--vision", "all-codes", "--dense", "--steps", "1"])

@@ -73,34 +73,28 @@ checks 100%, pointing turns the zoom tool executes 100%, greedy boxes on an obje
 the zoom tool (one zoom per trajectory, no format error), 17.2-23.4% with `tools.enabled=[]`;
 chance is 25%.
 
-**Not yet a base RL can start from** (measured 2026-12-04): the base does not point at objects.
+**Not a base RL can start from: the base does not point at objects** (measured 2026-12-04).
 Boxes sampled at temperature 1, as RL samples them, land on an object 13.8% of the time, and
-14.6% of the grid's cells hold one (`sampled_hits` against `chance`): it picks a random cell. (Its
-coordinates' loss, 0.75 nats a token, had been read as near the floor of choosing an object; the
-sampled boxes say otherwise.) A 40-step GRPO run from it (`python -m bench deepeyes_mini`,
-conditional) zoomed on the target in none of the 57 zooms of its logged trajectories, and its
-held-out accuracy went 34.4% -> 32.8% (step 10) -> 0% (steps 20, 30: every answer "from the
-whole image", a colour pair no option has) -> 23.4% (step 40). Sampled answers were no option at
-all in 60-70% of trajectories: the base's guesses (the right option's text, which it cannot see)
-taught it a spread over colour words.
-Probes of the pointing stage alone (300 steps, pointings and captions): the decoder's rotary
-base `model.base.dims.rope_theta` at 1e6 (Qwen's) puts neighbouring columns of the grid 2e-4
-radians apart at the fastest frequency multimodal RoPE gives columns, and gave coordinate loss
-1.39 nats with 12/64 sampled calls valid; 20 or 2 gave 0.76 nats and 58-59/64 valid, but still
-11-14% of boxes on an object (chance); tinting each cell's background with its address gave 1.40
-nats, a plain grey background 1.15 nats and 3 of 37 valid boxes on an object. With the loss on
-the four numbers alone (the rest of the turn given, 16 pointings a step, no captions, rope_theta
-20): 0.54 nats a token, and sampled boxes on an object 10.9% of the time on held-out scenes,
-21.9% on its own training scenes (chance 14.5-14.8%); the same with each cell's background tinted
-with its address: 14.1% (chance 13.9%); 1200 such steps with objects twice as large
-(image_size 768): flat at 0.52-0.56 nats from step 100, 12.5% (chance 10.2%). In that model the
-attention from the position that writes x1 puts 10% of its image mass on the 10% of cells that
-hold an object, in every head and layer, and the vision tower's 49 output tokens are nearly
-parallel (mean cosine 0.98 between object cells, 0.996 between empty ones, 0.988 across; after
-one step they were 0.44, 0.87 and 0.57, norms 2 against 36): training collapses them, nothing in
-the full view's tokens marks where the objects are, and attention has nothing to select. The
-BASE_FORMAT 4 base's full-view tokens are as parallel (0.988-0.991, norms 18-20). Where
-the tiny base fails is localising the objects in the full view, not the coordinate format.
+14.6% of the grid's cells hold one (`sampled_hits` against `chance`): it picks a random cell. A
+40-step GRPO run from it (`python -m bench deepeyes_mini`, conditional) zoomed on the target in
+none of the 57 zooms of its logged trajectories; held-out accuracy 34.4% -> 32.8% (step 10) -> 0%
+(steps 20, 30: every answer "from the whole image", a colour pair no option has) -> 23.4% (40).
+Sampled answers were no option at all in 60-70% of trajectories: the base's guesses (the right
+option's text, which it cannot see) taught it a spread over colour words.
+
+Why, measured by `python -m bench pointing` (the pointing stage alone from this recipe's initial
+weights, loss on the box's numbers, 300 steps; figures in bench/README.md): the decoder does not
+learn to find a few image tokens among the view's 49. When every image token carries a code of the
+pointed object's cell, the numbers' loss is 0.04 nats a token by step 100 and the held-out box's
+first two numbers end at 0.01 nats each; when only the object cells carry codes (zero elsewhere:
+where the objects are is one linear map away) they end at 1.97, a random cell's 1.95, where a box
+on a random object would score 1.39 and 0.56 (an earlier probe of 1500 such steps barely moved). The real vision tower, with a linear head that reads
+each cell's colour (99.7%) and column (100%) from its output, leaves the box at 2.03 and 1.98.
+The learner's gradients equal Hugging Face's eager attention's to 1e-5 (no packing bug). Earlier
+probes found the same wall from other sides: the decoder's rotary base (`rope_theta` 20 makes the
+coordinates valid but not on objects), an address-tinted background, larger objects, longer
+training (1200 steps), and teaching layer 0's attention to look at the objects (it learns to look,
+1.00 of its mass, but not to read where it looked).
 """
 
 from __future__ import annotations
