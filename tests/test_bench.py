@@ -143,9 +143,11 @@ def test_pointing_case_reports_the_decoders_log_loss_against_its_floors(tmp_path
     import math
 
     out = tmp_path / "pointing.json"
-    args = ["pointing", "--steps", "2", "--scenes", "4", "--vision", "object-codes", "--out", str(out)]
+    args = ["pointing", "--steps", "2", "--scenes", "4", "--vision", "object-codes", "--spread", "1",
+            "--shrink-steps", "2", "--out", str(out)]
     assert main(args) == 0
     figures = json.loads(out.read_text())["figures"]
+    assert (figures["spread"], figures["shrink_steps"]) == (1, 2)
     assert figures["random_cell_nll"] == pytest.approx(math.log(7))
     # a box on a random object is more certain than one on a random cell
     assert 0 < figures["random_object_x1_entropy"] < figures["random_cell_nll"]
@@ -153,6 +155,8 @@ def test_pointing_case_reports_the_decoders_log_loss_against_its_floors(tmp_path
     assert figures["x1_nll"] > 0 and figures["y1_nll"] > 0 and len(figures["loss_first"]) == 2
 
 
-def test_pointing_case_dense_head_needs_the_tower():
+def test_pointing_case_refuses_flags_of_another_source():
     with pytest.raises(ValueError, match="needs --vision tower"):
         main(["pointing", "--vision", "all-codes", "--dense", "--steps", "1"])
+    with pytest.raises(ValueError, match="needs --vision object-codes"):
+        main(["pointing", "--vision", "tower", "--spread", "2", "--steps", "1"])

@@ -88,13 +88,14 @@ learn to find a few image tokens among the view's 49. When every image token car
 pointed object's cell, the numbers' loss is 0.04 nats a token by step 100 and the held-out box's
 first two numbers end at 0.01 nats each; when only the object cells carry codes (zero elsewhere:
 where the objects are is one linear map away) they end at 1.97, a random cell's 1.95, where a box
-on a random object would score 1.39 and 0.56 (an earlier probe of 1500 such steps barely moved). The real vision tower, with a linear head that reads
-each cell's colour (99.7%) and column (100%) from its output, leaves the box at 2.03 and 1.98.
-The learner's gradients equal Hugging Face's eager attention's to 1e-5 (no packing bug). Earlier
-probes found the same wall from other sides: the decoder's rotary base (`rope_theta` 20 makes the
-coordinates valid but not on objects), an address-tinted background, larger objects, longer
-training (1200 steps), and teaching layer 0's attention to look at the objects (it learns to look,
-1.00 of its mass, but not to read where it looked).
+on a random object would score 1.39 and 0.56 (an earlier probe of 1500 such steps barely moved).
+The real vision tower, with a linear head that reads each cell's colour (99.7%) and column (100%)
+from its output, leaves the box at 2.03 and 1.98. The learner's gradients equal Hugging Face's
+eager attention's to 1e-5 (no packing bug). Earlier probes found the same wall from other sides:
+the decoder's rotary base (`rope_theta` 20 makes the coordinates valid but not on objects), an
+address-tinted background, larger objects, longer training (1200 steps), and teaching layer 0's
+attention to look at the objects (it learns to look, 1.00 of its mass, but not to read where it
+looked).
 """
 
 from __future__ import annotations

@@ -13,6 +13,10 @@ from one of three sources (`--vision`):
   away; the decoder only has to find the 5-9 object tokens among the view's 49 and read them;
 - all-codes: every image token carries the code of the pointed object's cell: nothing to find.
 
+`--spread R --shrink-steps N` (object-codes) is a curriculum between the two: each object's code
+is also written on the cells within R cells of it (summed where neighbourhoods overlap), and R
+shrinks linearly to 0 over the first N steps.
+
 Figures: the loss per step; the teacher-forced log-loss of the box's first two numbers (x1, y1)
 on held-out scenes against log(grid), what a box on a random cell scores, and against the entropy
 of a box on a random object. A number's log-loss is that of its first token (a few view
@@ -53,6 +57,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="where the full view's image tokens come from (default tower)")
     parser.add_argument("--dense", action="store_true",
                         help="tower only: a linear head on its tokens learns colour, row and column")
+    parser.add_argument("--spread", type=int, default=0,
+                        help="object-codes only: write each object's code within this many cells of it")
+    parser.add_argument("--shrink-steps", type=int, default=1,
+                        help="steps over which --spread shrinks to 0 (default 1)")
     parser.add_argument("--scenes", type=int, default=None,
                         help="training scenes (default model.base.images)")
 
@@ -72,6 +80,9 @@ class HandMadeTokens:
         # scaled to the trained tower's token norms (about 40-60)
         self.codes = 3 * torch.randn(grid * grid, hidden, generator=generator)
         self.source = source
+        self.grid = grid
+        self.spread = 0
+        """object-codes: cells (Chebyshev distance) around an object that carry its code too."""
         self.pointings: list[tuple[Scene, object]] = []
         """(scene, pointed object) of each full view in the next forward, in order."""
 
@@ -81,9 +92,13 @@ class HandMadeTokens:
             if self.source == "all-codes":
                 tokens.append(self.codes[cell_of(obj, scene)].expand_as(self.codes))
             else:
-                on_object = torch.zeros(len(self.codes), 1)
-                on_object[[cell_of(o, scene) for o in scene.objects]] = 1.0
-                tokens.append(self.codes * on_object)
+                cells = torch.arange(len(self.codes))
+                rows, columns = cells // self.grid, cells % self.grid
+                view = torch.zeros_like(self.codes)
+                for cell in (cell_of(o, scene) for o in scene.objects):
+                    near = torch.maximum((rows - cell // self.grid).abs(), (columns - cell % self.grid).abs())
+                    view[near <= self.spread] += self.codes[cell]
+                tokens.append(view)
         output.pooler_output = torch.cat(tokens)
         return output
 
@@ -139,6 +154,8 @@ def box_numbers(batch, numbers: torch.Tensor) -> tuple[torch.Tensor, list[list[i
 def run(args: argparse.Namespace, cfg: Config) -> Result:
     if args.dense and args.vision != "tower":
         raise ValueError("--dense trains a head on the vision tower's tokens: it needs --vision tower")
+    if args.spread and args.vision != "object-codes":
+        raise ValueError("--spread writes each object's code around it: it needs --vision object-codes")
     start = time.perf_counter()
     base = as_dataclass(cfg.model.base, TinyBaseConfig)
     synth = as_dataclass(cfg.data.synth, SynthConfig)
@@ -174,6 +191,8 @@ def run(args: argparse.Namespace, cfg: Config) -> Result:
     warmup = max(1, args.steps // 20)
     for step in range(args.steps):
         pointings = [(scene, rng.choice(scene.objects)) for scene in rng.choices(scenes, k=args.batch)]
+        if hand_made is not None:
+            hand_made.spread = round(args.spread * max(0.0, 1 - step / args.shrink_steps))
         batch, logprobs = forward(pointings)
         on_numbers, _ = box_numbers(batch, numbers)
         loss = -(logprobs * on_numbers).sum() / on_numbers.sum()
@@ -192,6 +211,8 @@ def run(args: argparse.Namespace, cfg: Config) -> Result:
                   f"numbers {losses[-1]:.3f} {dense_accuracy or ''} ({time.perf_counter() - start:.0f}s)",
                   flush=True)
 
+    if hand_made is not None:
+        hand_made.spread = 0
     with torch.no_grad():
         pointed = [(scene, scene.objects[0]) for scene in held_out]
         batch, logprobs = forward(pointed)
@@ -200,6 +221,7 @@ def run(args: argparse.Namespace, cfg: Config) -> Result:
     floors = [random_object_entropy(scene) for scene in held_out]
     figures = {
         "vision": args.vision, "dense": args.dense, "steps": args.steps, "batch": args.batch,
+        "spread": args.spread, "shrink_steps": args.shrink_steps if args.spread else 0,
         "scenes": len(scenes), "loss_first": losses[:10], "loss_last": losses[-10:],
         "loss_every_10": losses[::10],
         "held_out": HELD_OUT,
@@ -209,7 +231,8 @@ def run(args: argparse.Namespace, cfg: Config) -> Result:
         "random_object_y1_entropy": sum(y for _, y in floors) / len(floors),
         "dense_accuracy": dense_accuracy,
     }
-    summary = (f"pointing [{args.vision}{' dense' if args.dense else ''}], {args.steps} steps: held-out "
+    what = args.vision + (" dense" if args.dense else "") + (f" spread {args.spread}" if args.spread else "")
+    summary = (f"pointing [{what}], {args.steps} steps: held-out "
                f"x1 {figures['x1_nll']:.2f} / y1 {figures['y1_nll']:.2f} nats (random cell "
                f"{figures['random_cell_nll']:.2f}; random object {figures['random_object_x1_entropy']:.2f} "
                f"/ {figures['random_object_y1_entropy']:.2f})")
