@@ -202,17 +202,22 @@ class Scene:
     """Cells per side of the grid the objects are centred in (`data.synth.grid`)."""
 
 
-def zoom_box(obj: SceneObject, view: ImageView, grid: int) -> list[int]:
-    """The supervised zoom box on `obj`, in pixels of `view`: a square of BOX_CELLS of a cell at
-    the middle of the grid cell it is centred in (objects are drawn one per cell, `data.synth.grid`).
-    The box's corner is a function of the cell alone: pointing is a choice among `grid` values per
-    axis."""
+def grid_cell(obj: SceneObject, view: ImageView, grid: int) -> tuple[int, int]:
+    """(column, row) of the grid cell `obj` is centred in (objects are drawn one per cell,
+    `data.synth.grid`); on deepeyes-mini a cell is one image token of the full view."""
     x1, y1, x2, y2 = obj.box
     sx, sy = view.scale()
     cell = view.width / grid
+    return int((x1 + x2) / 2 / sx // cell), int((y1 + y2) / 2 / sy // cell)
+
+
+def zoom_box(obj: SceneObject, view: ImageView, grid: int) -> list[int]:
+    """The supervised zoom box on `obj`, in pixels of `view`: a square of BOX_CELLS of a cell at
+    the middle of its grid cell (`grid_cell`). The box's corner is a function of the cell alone:
+    pointing is a choice among `grid` values per axis."""
+    cell = view.width / grid
     side = round(cell * BOX_CELLS)
-    corner = [round((int(centre // cell) + 0.5) * cell - side / 2)
-              for centre in ((x1 + x2) / 2 / sx, (y1 + y2) / 2 / sy)]
+    corner = [round((index + 0.5) * cell - side / 2) for index in grid_cell(obj, view, grid)]
     return [corner[0], corner[1], corner[0] + side, corner[1] + side]
 
 

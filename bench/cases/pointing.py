@@ -41,7 +41,7 @@ from learner.model import load_policy, token_logprobs
 from zoomrl.config import Config, SynthConfig, TinyBaseConfig
 from zoomrl.synth import COLORS
 from zoomrl.tiny import _build_model, _build_processor, _train_tokenizer, as_dataclass
-from zoomrl.tiny_base import Pretraining, Scene, base_corpus, token_classes, zoom_box
+from zoomrl.tiny_base import Pretraining, Scene, base_corpus, grid_cell, token_classes
 
 NAME = "pointing"
 PRESET = "deepeyes-mini"
@@ -67,9 +67,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def cell_of(obj, scene: Scene) -> int:
     """Index (row-major) of the grid cell, and so of the full view's image token, `obj` sits in."""
-    x1, y1, x2, y2 = zoom_box(obj, scene.view, scene.grid)
-    side = scene.view.width / scene.grid
-    return int((y1 + y2) / 2 // side) * scene.grid + int((x1 + x2) / 2 // side)
+    column, row = grid_cell(obj, scene.view, scene.grid)
+    return row * scene.grid + column
 
 
 class HandMadeTokens:
@@ -121,11 +120,9 @@ def random_object_entropy(scene: Scene) -> tuple[float, float]:
     return x1, y1
 
 
-def dense_loss(head: torch.nn.Linear, model, processor, scenes: list[Scene]) -> tuple[torch.Tensor, dict]:
-    """Cross-entropy of `head` on the vision tower's tokens of each scene's full view against each
-    cell's colour (or empty), row and column; and the head's accuracy on each."""
-    views = processor.image_processor(images=[s.view.pixels for s in scenes], return_tensors="pt")
-    tokens = model.model.visual(views["pixel_values"], grid_thw=views["image_grid_thw"]).pooler_output
+def dense_loss(head: torch.nn.Linear, tokens: torch.Tensor, scenes: list[Scene]) -> tuple[torch.Tensor, dict]:
+    """Cross-entropy of `head` on the vision tower's `tokens` of the scenes' full views (in order)
+    against each cell's colour (or empty), row and column; and the head's accuracy on each."""
     labels = [torch.cat(part) for part in zip(*map(cell_labels, scenes), strict=True)]
     parts = torch.split(head(tokens), [len(COLORS) + 1, scenes[0].grid, scenes[0].grid], dim=-1)
     loss = sum(torch.nn.functional.cross_entropy(p, y) for p, y in zip(parts, labels, strict=True))
@@ -173,8 +170,13 @@ def run(args: argparse.Namespace, cfg: Config) -> Result:
     if args.vision != "tower":
         hand_made = HandMadeTokens(args.vision, synth.grid, hidden)
         model.model.visual.register_forward_hook(hand_made)
-    head = torch.nn.Linear(hidden, len(COLORS) + 1 + 2 * synth.grid)
-    params = list(model.parameters()) + (list(head.parameters()) if args.dense else [])
+    params = list(model.parameters())
+    if args.dense:  # the head reads the tower's tokens of the step's own forward, kept by a hook
+        head = torch.nn.Linear(hidden, len(COLORS) + 1 + 2 * synth.grid)
+        params += list(head.parameters())
+        tower_tokens = {}
+        model.model.visual.register_forward_hook(
+            lambda module, args, output: tower_tokens.update(last=output.pooler_output))
     optimizer = torch.optim.AdamW(params, lr=base.lr, weight_decay=0.01)
     rng = random.Random(f"pointing-probe:{base.seed}")
 
@@ -198,7 +200,7 @@ def run(args: argparse.Namespace, cfg: Config) -> Result:
         loss = -(logprobs * on_numbers).sum() / on_numbers.sum()
         losses.append(loss.item())
         if args.dense:
-            dense, dense_accuracy = dense_loss(head, model, processor, [s for s, _ in pointings])
+            dense, dense_accuracy = dense_loss(head, tower_tokens["last"], [s for s, _ in pointings])
             loss = loss + dense
         for group in optimizer.param_groups:
             group["lr"] = base.lr * min(1.0, (step + 1) / warmup)
