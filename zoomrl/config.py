@@ -94,7 +94,9 @@ class TinyModelConfig:
     rope_theta: Annotated[float, Range(gt=1)] = 1_000_000.0
     """Base of the text decoder's rotary frequencies (Qwen2.5-VL's 1e6 by default). Multimodal RoPE
     gives an image token's row and column the lower frequencies: at 1e6 a column moves the
-    fastest of them by 2e-4 radians, so a tiny decoder cannot tell a 7 x 7 grid's columns apart."""
+    fastest of them by 2e-4 radians. A pointing probe of the tiny base wrote a valid zoom call 12
+    times in 64 at 1e6 and 58 at 20, on an object no more often than chance at either
+    (zoomrl/tiny_base.py)."""
     seed: Seed = 0
     """Seed of the random weights."""
 
