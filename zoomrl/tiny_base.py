@@ -95,7 +95,10 @@ eager attention's to 1e-5 (no packing bug). Earlier probes found the same wall f
 the decoder's rotary base (`rope_theta` 20 makes the coordinates valid but not on objects), an
 address-tinted background, larger objects, longer training (1200 steps), and teaching layer 0's
 attention to look at the objects (it learns to look, 1.00 of its mass, but not to read where it
-looked).
+looked). A shrinking curriculum of the codes moves it a little on scenes never seen (x1 1.69, y1
+1.34 after 1200 steps on 2000 scenes); its better figures on the recipe's 320 scenes were
+memorised. Issue 15 is blocked on this (2026-12-05): bench/README.md, "Why the tiny base cannot
+point", says what would unblock it.
 """
 
 from __future__ import annotations
