@@ -6,7 +6,7 @@ child process, so everything that process must know (the CPU KV-cache size) is s
 environment before it starts.
 
 New weights reach that process without a file on disk, through vLLM's weight-transfer API and
-zoomrl's shared-memory backend (zoomrl/weight_transfer.py): the engine writes the tensors into a
+zoomrl's shared-memory backend (core/weight_transfer.py): the engine writes the tensors into a
 buffer, a file in `rollout.engine.weights_dir` (default /dev/shm, memory) that it and vLLM's
 worker both map, and the worker loads them from there in place (`start_weight_update`,
 `update_weights`, `finish_weight_update`). The learner's parts (one per rank, read from the object
@@ -17,7 +17,7 @@ so nothing stays in the folder and no page is faulted in again. The price is one
 in memory per engine for its lifetime. A folder left by an engine killed during its first load is
 removed by the next engine started on the machine, as are a killed engine's sockets.
 
-The engine's processes die with the actor: vLLM runs `zoomrl.vllm_plugin` in each of its
+The engine's processes die with the actor: vLLM runs `core.vllm_plugin` in each of its
 processes, which asks Linux to end a child process when its parent dies (a killed actor would
 otherwise leave its engine running, orphaned, with the model in memory).
 
@@ -43,12 +43,12 @@ import numpy as np
 import torch
 from PIL import Image
 
-from zoomrl.config import Config
+from core.config import Config
 
 if TYPE_CHECKING:
+    from core.weight_group import GroupSpec, TensorSpec
+    from core.weight_transfer import Layout
     from learner.weights import RankShards
-    from zoomrl.weight_group import GroupSpec, TensorSpec
-    from zoomrl.weight_transfer import Layout
 
 TOOL_CALL_STOP = "</tool_call>"
 TURN_END = "<|im_end|>"
@@ -94,8 +94,8 @@ class VLLMEngine:
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM
 
-        from zoomrl.collective_transfer import BACKEND as BROADCAST  # both import vLLM, like this method
-        from zoomrl.weight_transfer import BACKEND as SHARED_MEMORY
+        from core.collective_transfer import BACKEND as BROADCAST  # both import vLLM, like this method
+        from core.weight_transfer import BACKEND as SHARED_MEMORY
 
         engine = cfg.rollout.engine
         if not torch.cuda.is_available():  # read by the engine-core process at start-up
@@ -117,7 +117,7 @@ class VLLMEngine:
             gpu_memory_utilization=engine.gpu_memory_utilization,
             enable_prefix_caching=engine.enable_prefix_caching, enforce_eager=engine.enforce_eager,
             limit_mm_per_prompt={"image": cfg.rollout.max_images, "video": 0},
-            # the same resize budget as zoomrl.images, so images we resized pass through unchanged
+            # the same resize budget as core.images, so images we resized pass through unchanged
             mm_processor_kwargs={"size": {"shortest_edge": cfg.model.min_pixels,
                                           "longest_edge": cfg.model.max_pixels}},
             logprobs_mode=self.logprobs_mode,
@@ -189,7 +189,7 @@ class VLLMEngine:
         gloo`) as its ranks rank_offset.. (one per worker); returns once every member has."""
         from vllm.distributed.weight_transfer.base import WeightTransferInitRequest
 
-        from zoomrl.collective_transfer import init_info
+        from core.collective_transfer import init_info
 
         await self.llm.init_weight_transfer_engine(
             WeightTransferInitRequest(init_info(spec, rank_offset, self.bucket_bytes)))
@@ -202,7 +202,7 @@ class VLLMEngine:
         cache_reset_s."""
         from vllm.distributed.weight_transfer.base import WeightTransferUpdateRequest
 
-        from zoomrl.collective_transfer import update_info
+        from core.collective_transfer import update_info
 
         start = time.perf_counter()
         await self.llm.start_weight_update()
@@ -252,7 +252,7 @@ class _WeightsBuffer:
     """The shared buffer of one `Layout`: a file in `PREFIX + pid` folder of root, mapped here."""
 
     def __init__(self, root: Path, layout: Layout) -> None:
-        from zoomrl.weight_transfer import map_file
+        from core.weight_transfer import map_file
 
         root.mkdir(parents=True, exist_ok=True)
         self.folder = Path(tempfile.mkdtemp(prefix=f"{WEIGHTS_PREFIX}{os.getpid()}-", dir=root))
@@ -286,7 +286,7 @@ class _WeightsBuffer:
 def _layout(weights: dict[str, torch.Tensor] | list[RankShards]) -> Layout:
     """Where each tensor to load lies in the buffer: each storage once, and a name sharing one
     (the tied lm_head) as an alias of the first name, loaded under both (see `Layout.aliases`)."""
-    from zoomrl.weight_transfer import Layout
+    from core.weight_transfer import Layout
 
     if isinstance(weights, dict):
         first: dict[tuple, str] = {}

@@ -8,7 +8,7 @@
 A turn stops at `</tool_call>` or at the end of the turn; the loop enforces the stop even when
 the engine ran past it (a reported upstream failure) by cutting tokens and text at the first
 `</tool_call>`. Only the first call of a turn is executed. Every trajectory ends for exactly one
-reason (`zoomrl.types.END_REASONS`), checked in this order after each turn: an answer; no call;
+reason (`core.types.END_REASONS`), checked in this order after each turn: an answer; no call;
 the call budget; the image budget. Token budgets (total response, per turn, the engine's
 max_model_len) bound each request and end the trajectory when spent.
 
@@ -28,10 +28,10 @@ from omegaconf import OmegaConf
 from actors.engine import TOOL_CALL_STOP, TurnOutput, TurnRequest
 from actors.prompt import render_prompt, tool_response
 from actors.sequence import TokenSequence
+from core.config import Config
+from core.types import Sample, ToolCallRecord, Trajectory
 from rewards.answer import extract_answer
 from tools import ImageView, ToolCall, ToolCallError, ToolOutcome, parse_tool_call
-from zoomrl.config import Config
-from zoomrl.types import Sample, ToolCallRecord, Trajectory
 
 ToolRunner = Callable[[ToolCall, ImageView], Awaitable[ToolOutcome]]
 

@@ -9,9 +9,9 @@ expands the pad itself; see `actors.sequence`).
 
 from __future__ import annotations
 
+from core.data import IMAGE_PLACEHOLDER
+from core.types import Sample
 from tools import render_tools_prompt
-from zoomrl.data import IMAGE_PLACEHOLDER
-from zoomrl.types import Sample
 
 IMAGE = "<|vision_start|><|image_pad|><|vision_end|>"
 IM_START, IM_END = "<|im_start|>", "<|im_end|>"

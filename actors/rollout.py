@@ -46,14 +46,14 @@ from omegaconf import OmegaConf
 
 from actors.engine import VLLMEngine
 from actors.imcot import Engine, run_trajectory
+from core.config import Config
+from core.images import decode_image
+from core.metrics import RayMetrics
+from core.tensors import PackedTensors, unpack
+from core.types import Group, GroupSummary, Sample, Trajectory
+from core.weight_group import GroupSpec, TensorSpec
 from rewards import score_group, score_group_task
 from tools import ImageView, ToolCall, ToolOutcome, execute_tool, execute_tool_task, initial_view
-from zoomrl.config import Config
-from zoomrl.images import decode_image
-from zoomrl.metrics import RayMetrics
-from zoomrl.tensors import PackedTensors, unpack
-from zoomrl.types import Group, GroupSummary, Sample, Trajectory
-from zoomrl.weight_group import GroupSpec, TensorSpec
 
 # Figures each rollout actor reports per group through ray.util.metrics (tagged with the actor).
 ACTOR_METRICS = ["rollout_tokens_per_s", "accuracy", "reward_mean", "response_tokens",

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from zoomrl.images import num_image_tokens
+from core.images import num_image_tokens
 
 
 class ViewMismatch(RuntimeError):

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from bench.common import RESULTS_DIR, write_result
-from zoomrl.config import DEFAULT_PRESET, ConfigError, load_config, preset_names
+from core.config import DEFAULT_PRESET, ConfigError, load_config, preset_names
 
 CASES = ("async_vs_sync", "vs_trl", "rollout", "learner", "weight_sync", "tools", "gpu", "deepeyes_mini",
          "pointing")

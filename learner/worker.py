@@ -30,16 +30,16 @@ from torch.distributed.tensor import DTensor
 from torch.utils._pytree import tree_map_only
 from transformers import AutoConfig, AutoImageProcessor
 
+from core.config import Config
+from core.metrics import RayMetrics
+from core.types import Group
+from core.weight_group import GroupSpec, TensorSpec, WeightGroup, serve_store
 from learner.batching import BatchError, MicroBatch, StepShard, check_trajectory, collate, resolve
 from learner.broadcast import policy_tensors, send_weights, wire_specs
 from learner.checkpoint import TrainerState, load_checkpoint, save_checkpoint
 from learner.grpo import grpo_loss
 from learner.model import load_policy, parallelize, token_logprobs
 from learner.weights import RankShards, rank_shards
-from zoomrl.config import Config
-from zoomrl.metrics import RayMetrics
-from zoomrl.types import Group
-from zoomrl.weight_group import GroupSpec, TensorSpec, WeightGroup, serve_store
 
 # Loss statistics summed over micro-batches and ranks. Each is normalized by the step's global
 # counts, so the sums are batch means; "tokens" is the exception (tokens through forward and

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from zoomrl.types import ToolCallRecord
+from core.types import ToolCallRecord
 
 
 def box_iou(a: Sequence[float], b: Sequence[float]) -> float:

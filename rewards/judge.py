@@ -26,7 +26,7 @@ import urllib.request
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 
-from zoomrl.config import JudgeConfig
+from core.config import JudgeConfig
 
 log = logging.getLogger(__name__)
 

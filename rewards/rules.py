@@ -8,11 +8,11 @@ A `\\boxed{}` answer (math data) is compared by its content.
 
 from __future__ import annotations
 
+from core.choices import choice_index
+from core.normalize import normalize, numbers_equal, parse_number
+from core.types import Sample
 from rewards.answer import last_boxed
-from rewards.choices import choice_index
 from rewards.mathcheck import looks_mathematical, math_equal
-from rewards.normalize import normalize, numbers_equal, parse_number
-from zoomrl.types import Sample
 
 _BINARY = {"yes", "no", "true", "false"}
 

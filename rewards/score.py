@@ -21,15 +21,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from core.choices import choice_index, option_label
+from core.config import RewardConfig, RewardWeights
+from core.types import Group, Sample, Trajectory
 from rewards.answer import extract_answer
-from rewards.choices import choice_index, option_label
 from rewards.format import well_formed
 from rewards.iou import zoom_ious
 from rewards.judge import judge_client
 from rewards.rules import rule_accuracy
 from rewards.turns import assistant_turns
-from zoomrl.config import RewardConfig, RewardWeights
-from zoomrl.types import Group, Sample, Trajectory
 
 
 @dataclass

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import ray
 
+from core.config import RewardConfig
+from core.types import Group
 from rewards.score import score_group
-from zoomrl.config import RewardConfig
-from zoomrl.types import Group
 
 
 @ray.remote

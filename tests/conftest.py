@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from zoomrl.config import load_config
+from core.config import load_config
 
 
 @pytest.fixture(scope="session")
@@ -18,7 +18,7 @@ def tiny_cfg():
 @pytest.fixture(scope="session")
 def tiny_model_path(tiny_cfg) -> str:
     """Folder of the tiny Qwen2.5-VL (built once per cache, ~5 s)."""
-    from zoomrl.tiny import ensure_model
+    from zoomrl.run_setup import ensure_model
 
     return ensure_model(tiny_cfg.model)
 
@@ -26,7 +26,7 @@ def tiny_model_path(tiny_cfg) -> str:
 @pytest.fixture(scope="session")
 def synth_dir(tmp_path_factory):
     """A small synthetic set (8 train, 4 test rows of 1024 px images)."""
-    from zoomrl.synth import write_synthetic
+    from core.synth import write_synthetic
 
     out = tmp_path_factory.mktemp("synth")
     write_synthetic(out, n_train=8, n_test=4, size=1024, seed=0)
@@ -37,9 +37,9 @@ def synth_dir(tmp_path_factory):
 def view(original):
     """What the model first sees of the module's `original` (a numpy image fixture) under the
     default pixel budget."""
+    from core.config import ModelConfig
+    from core.images import encode_png
     from tools import initial_view
-    from zoomrl.config import ModelConfig
-    from zoomrl.images import encode_png
 
     return initial_view(encode_png(original), ModelConfig(), max_decoded_pixels=10**8)
 

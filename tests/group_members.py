@@ -1,11 +1,11 @@
 """Processes that join a weight-sync group as rollout workers would, for tests: they import only
-`zoomrl.weight_group` (torch), so a spawned one starts in about the time torch takes to import."""
+`core.weight_group` (torch), so a spawned one starts in about the time torch takes to import."""
 
 from __future__ import annotations
 
 import pickle
 
-from zoomrl.weight_group import GroupSpec, TensorSpec, WeightGroup, receive_buckets
+from core.weight_group import GroupSpec, TensorSpec, WeightGroup, receive_buckets
 
 
 def receiver(spec: GroupSpec, rank: int, specs: list[TensorSpec], bucket_bytes: int, versions: list[int],

@@ -18,11 +18,11 @@ from torch import Tensor
 from trajectories import hf_logprobs_grad
 from transformers import Qwen2_5_VLConfig
 
+from core.config import LearnerConfig, load_config
+from core.types import Group
 from learner.batching import StepShard, make_shards, score_groups
 from learner.group import free_port
 from learner.worker import LearnerWorker
-from zoomrl.config import LearnerConfig, load_config
-from zoomrl.types import Group
 
 CPU_LEARNER = ["learner.num_ranks=1", "learner.num_gpus_per_rank=0", "learner.num_cpus_per_rank=1"]
 

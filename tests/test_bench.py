@@ -14,7 +14,7 @@ import pytest
 from bench.__main__ import CASES, build_parser, main
 from bench.cases import async_vs_sync, gpu, rollout, vs_trl, weight_sync
 from bench.common import spread
-from zoomrl.config import load_config
+from core.config import load_config
 
 
 def test_tools_case_writes_a_sane_record(tmp_path):
@@ -68,8 +68,8 @@ def test_heavy_case_configs():
 def test_trl_gets_the_prompt_zoomrl_renders():
     """TRL renders its messages with the model's chat template: the text must equal zoomrl's."""
     from actors.prompt import IMAGE, render_prompt
-    from zoomrl.synth import make_sample
-    from zoomrl.tiny import CHAT_TEMPLATE
+    from core.synth import make_sample
+    from core.tiny import CHAT_TEMPLATE
 
     sample = make_sample(0, 512, seed=0, split="test")
     rendered = render_prompt(sample, [])

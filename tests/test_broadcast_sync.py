@@ -18,10 +18,10 @@ from test_rollout_pool import collect, engine_processes, wait_for_a_group_in_fli
 from test_rollout_vllm import hf_logprobs, hf_model
 from trajectories import make_groups
 
+from core.config import load_config
+from core.data import read_samples
 from learner.group import LearnerGroup
 from zoomrl.broadcast_sync import BroadcastSync
-from zoomrl.config import load_config
-from zoomrl.data import read_samples
 from zoomrl.rollout_pool import RolloutPool
 
 pytestmark = pytest.mark.slow

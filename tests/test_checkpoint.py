@@ -25,6 +25,7 @@ from trajectories import make_groups
 from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
 
 import learner.checkpoint
+from core.config import ConfigError, load_config
 from learner.checkpoint import (
     checkpoints_to_remove,
     export_hf,
@@ -33,7 +34,6 @@ from learner.checkpoint import (
     remove_old_checkpoints,
 )
 from zoomrl.cli import main as zoomrl_main
-from zoomrl.config import ConfigError, load_config
 
 
 @pytest.fixture(scope="module")

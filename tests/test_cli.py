@@ -33,7 +33,7 @@ def test_data_synth_writes_both_splits(tmp_path):
     result = zoomrl("data", "synth", "--out", str(tmp_path), "--n", "3", "--n-test", "2",
                     "--size", "512", "--seed", "5")
     assert result.returncode == 0, result.stderr
-    from zoomrl.data import read_samples
+    from core.data import read_samples
 
     assert len(read_samples(tmp_path / "train.parquet")) == 3
     assert len(read_samples(tmp_path / "test.parquet")) == 2

@@ -20,9 +20,9 @@ from vllm.distributed.weight_transfer.base import WeightTransferInitRequest, Wei
 from vllm.engine.arg_utils import AsyncEngineArgs
 from vllm.v1.engine.async_llm import AsyncLLM
 
+from core.collective_transfer import BACKEND, init_info, update_info
+from core.weight_group import GroupSpec, member_names, rank_offsets, serve_store
 from learner.broadcast import policy_tensors, wire_specs
-from zoomrl.collective_transfer import BACKEND, init_info, update_info
-from zoomrl.weight_group import GroupSpec, member_names, rank_offsets, serve_store
 
 pytestmark = pytest.mark.slow
 

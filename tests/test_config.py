@@ -2,7 +2,7 @@ import dataclasses
 
 import pytest
 
-from zoomrl.config import (
+from core.config import (
     ConfigError,
     EngineConfig,
     ModelConfig,
@@ -12,7 +12,7 @@ from zoomrl.config import (
     save_config,
     to_yaml,
 )
-from zoomrl.config_explain import all_fields, explain, field_docs, fields_under
+from core.config_explain import all_fields, explain, field_docs, fields_under
 
 
 def test_default_is_tiny_cpu():
@@ -235,7 +235,7 @@ def test_explain_of_a_section_lists_it_and_every_key_under_it():
 
 def test_every_config_field_has_a_docstring():
     missing = [f.key for f in all_fields() if not f.doc]
-    assert not missing, f"fields without a docstring under them in zoomrl/config.py: {missing}"
+    assert not missing, f"fields without a docstring under them in core/config.py: {missing}"
 
 
 def test_explain_of_an_unknown_key_suggests_close_matches():

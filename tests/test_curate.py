@@ -10,7 +10,10 @@ import sys
 
 import pytest
 
-from zoomrl.config import ConfigError, load_config
+from core.config import ConfigError, load_config
+from core.data import multiple_choice_prompt, read_samples, write_samples
+from core.images import decode_image
+from core.synth import make_sample
 from zoomrl.curate import (
     Progress,
     crop_box,
@@ -20,9 +23,6 @@ from zoomrl.curate import (
     run_curate,
     with_ground_truth_crop,
 )
-from zoomrl.data import multiple_choice_prompt, read_samples, write_samples
-from zoomrl.images import decode_image
-from zoomrl.synth import make_sample
 
 
 def test_difficulty_keeps_items_solved_sometimes():

@@ -7,9 +7,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from zoomrl.data import DataError, read_samples, sample_to_row, write_samples
-from zoomrl.images import encode_png
-from zoomrl.synth import make_sample
+from core.data import DataError, read_samples, sample_to_row, write_samples
+from core.images import encode_png
+from core.synth import make_sample
 
 
 def test_synthetic_parquet_round_trips(synth_dir, tmp_path):
@@ -258,7 +258,7 @@ def test_a_benchmark_row_without_options_names_the_question_column(tmp_path):
 
 
 def test_data_files_are_checked_cheaply_before_a_run(tmp_path):
-    from zoomrl.data import check_data_files
+    from core.data import check_data_files
 
     with pytest.raises(DataError, match=r"data.train_files: .*nope.parquet: no such file"):
         check_data_files([str(tmp_path / "nope.parquet")], "data.train_files")
@@ -270,7 +270,7 @@ def test_data_files_are_checked_cheaply_before_a_run(tmp_path):
 
 @pytest.mark.parametrize("value", ["train.parquet", "[train.parquet]"])
 def test_train_files_takes_one_path_or_a_list(tmp_path, value):
-    from zoomrl.config import load_config
+    from core.config import load_config
 
     assert list(load_config(None, [f"data.train_files={value}"]).data.train_files) == ["train.parquet"]
     yaml = tmp_path / "run.yaml"
@@ -281,7 +281,7 @@ def test_train_files_takes_one_path_or_a_list(tmp_path, value):
 
 
 def test_ensure_data_names_the_key_and_the_file_it_cannot_use(tmp_path):
-    from zoomrl.config import load_config
+    from core.config import load_config
     from zoomrl.run_setup import ensure_data
 
     good = _write_rows(tmp_path / "train.parquet", [release_row(0, "Q?", "a cat")])

@@ -16,8 +16,8 @@ import jsonschema
 import pytest
 import yaml
 
-from zoomrl.config import ConfigError, load_config
-from zoomrl.metrics import METRICS, PREFIX, prometheus_name
+from core.config import ConfigError, load_config
+from core.metrics import METRICS, PREFIX, prometheus_name
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"

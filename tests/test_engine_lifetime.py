@@ -24,8 +24,8 @@ from actors.engine import SOCKETS_PREFIX, WEIGHTS_PREFIX, _remove_folders_of_dea
 OWNER = """
 import json, os, time
 from actors.engine import VLLMEngine
-from zoomrl.config import load_config
-from zoomrl.tiny import ensure_model
+from core.config import load_config
+from zoomrl.run_setup import ensure_model
 
 cfg = load_config("tiny-cpu")
 engine = VLLMEngine(ensure_model(cfg.model), cfg)

@@ -16,9 +16,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from actors.prompt import INSTRUCTION, render_prompt, tool_response
-from zoomrl.cli import main
-from zoomrl.config import load_config
-from zoomrl.data import (
+from core.config import load_config
+from core.data import (
     DataError,
     benchmark_row_to_sample,
     check_labels,
@@ -26,6 +25,10 @@ from zoomrl.data import (
     read_samples,
     write_samples,
 )
+from core.images import encode_png
+from core.options import shuffle_options
+from core.synth import make_sample
+from zoomrl.cli import main
 from zoomrl.evaluate import (
     compare_reports,
     figures,
@@ -34,9 +37,6 @@ from zoomrl.evaluate import (
     set_reports,
     wilson_interval,
 )
-from zoomrl.images import encode_png
-from zoomrl.options import shuffle_options
-from zoomrl.synth import make_sample
 
 IMAGE = encode_png(np.zeros((64, 80, 3), dtype=np.uint8))
 
@@ -378,7 +378,7 @@ def test_read_samples_loads_written_benchmark_rows(tmp_path):
 # --- the layouts people have (issue 14, item 3) ------------------------------------------------
 
 def test_option_lines_are_found_in_each_style_and_only_in_order():
-    from zoomrl.options import option_blocks
+    from core.options import option_blocks
 
     styles = (["(A) red", "(B) blue"], ["A. red", "B. blue"], ["A) red", "B) blue"], ["A: red", "B: blue"])
     for lines in styles:

@@ -3,10 +3,10 @@
 import numpy as np
 import pytest
 
-from zoomrl.config import load_config
+from core.config import load_config
+from core.metrics import METRICS_BY_NAME
+from core.types import Group, Sample, ToolCallRecord, Trajectory
 from zoomrl.figures import step_figures
-from zoomrl.metrics import METRICS_BY_NAME
-from zoomrl.types import Group, Sample, ToolCallRecord, Trajectory
 
 
 def traj(version, reward, parts, calls, end, sampled):

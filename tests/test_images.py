@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 from PIL import Image
 from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize as hf_smart_resize
 
-from zoomrl.images import (
+from core.images import (
     ImageError,
     decode_image,
     encode_png,

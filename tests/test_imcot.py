@@ -17,9 +17,9 @@ from transformers import AutoTokenizer
 from actors.engine import TurnOutput, TurnRequest
 from actors.imcot import cut_at_stop, run_trajectory, turn_seed
 from actors.prompt import INSTRUCTION, INSTRUCTION_WITHOUT_TOOLS
+from core.data import read_samples
+from core.images import num_image_tokens
 from tools import execute_tool, initial_view
-from zoomrl.data import read_samples
-from zoomrl.images import num_image_tokens
 
 
 class ScriptedEngine:

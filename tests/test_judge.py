@@ -24,10 +24,10 @@ import numpy as np
 import pytest
 from test_train_e2e import read_until
 
+from core.config import JudgeConfig, RewardConfig
+from core.types import Group, Sample, Trajectory
 from rewards import JudgeClient, JudgeError, score_group
 from rewards.judge import judge_client, judge_messages
-from zoomrl.config import JudgeConfig, RewardConfig
-from zoomrl.types import Group, Sample, Trajectory
 
 KEY_ENV = "ZOOMRL_TEST_JUDGE_KEY"
 SECRET = "sk-test-0123456789-do-not-leak"

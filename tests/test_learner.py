@@ -17,8 +17,8 @@ from trajectories import make_groups
 from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
 
 import learner.worker
+from core.config import ConfigError, load_config
 from learner.attention import packed_attention, packed_sdpa_attention
-from zoomrl.config import ConfigError, load_config
 
 pytestmark = pytest.mark.slow
 

@@ -27,12 +27,12 @@ from ray_metrics import samples, scrape_ray_metrics
 from trajectories import make_groups
 from transformers import AutoConfig, AutoProcessor, Qwen2_5_VLForConditionalGeneration
 
+from core.config import load_config
+from core.types import Group
 from learner.batching import resolve
 from learner.checkpoint import export_hf, latest_checkpoint
 from learner.group import LearnerGroup
 from learner.weights import assemble
-from zoomrl.config import load_config
-from zoomrl.types import Group
 
 pytestmark = pytest.mark.slow
 

@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from zoomrl.config import ConfigError
-from zoomrl.metrics import METRICS, DriverMetrics, prometheus_name
+from core.config import ConfigError
+from core.metrics import METRICS, DriverMetrics, prometheus_name
 
 
 def scrape(url: str) -> str:

@@ -3,7 +3,7 @@
 import io
 import re
 
-from zoomrl.progress import ProgressBar, StartupLog
+from core.progress import ProgressBar, StartupLog
 
 
 class Terminal(io.StringIO):

@@ -7,14 +7,14 @@ import json
 import numpy as np
 import pytest
 
+from core.config import ModelConfig, RewardConfig, RewardWeights, ToolsConfig
+from core.images import encode_png
+from core.types import Group, Sample, ToolCallRecord, Trajectory
 from rewards import score_group, score_trajectory
 from rewards.format import turn_well_formed, well_formed
 from rewards.iou import box_iou, zoom_ious
 from rewards.turns import assistant_turns
 from tools import execute_tool, initial_view, parse_tool_call
-from zoomrl.config import ModelConfig, RewardConfig, RewardWeights, ToolsConfig
-from zoomrl.images import encode_png
-from zoomrl.types import Group, Sample, ToolCallRecord, Trajectory
 
 CHOICES = ["red", "green", "blue", "yellow"]
 GT_BOX = [100.0, 100.0, 200.0, 200.0]

@@ -2,13 +2,13 @@
 
 import pytest
 
+from core.choices import choice_index
+from core.normalize import normalize, parse_number
+from core.types import Sample
 from rewards.answer import extract_answer, last_boxed
-from rewards.choices import choice_index
 from rewards.mathcheck import looks_mathematical, math_equal
-from rewards.normalize import normalize, parse_number
 from rewards.rules import rule_accuracy
 from rewards.turns import assistant_turns
-from zoomrl.types import Sample
 
 CHOICES = ["red", "green", "blue", "yellow"]
 

@@ -5,11 +5,11 @@ import numpy as np
 import pytest
 from drawn import squares
 
+from core.config import JudgeConfig, ModelConfig, RewardConfig, ToolsConfig
+from core.images import decode_image, encode_png
+from core.types import Group, Sample, ToolCallRecord, Trajectory
 from rewards import JudgeError, score_group_task
 from tools import ToolCall, ToolCallError, execute_tool, execute_tool_task, initial_view, parse_tool_call
-from zoomrl.config import JudgeConfig, ModelConfig, RewardConfig, ToolsConfig
-from zoomrl.images import decode_image, encode_png
-from zoomrl.types import Group, Sample, ToolCallRecord, Trajectory
 
 MODEL = ModelConfig()
 TOOLS = ToolsConfig(enabled=["image_zoom_in_tool", "image_rotate_tool"])

@@ -20,10 +20,10 @@ import ray
 from omegaconf import OmegaConf
 from transformers import Qwen2_5_VLForConditionalGeneration
 
-from zoomrl.data import read_samples
+from core.data import read_samples
+from core.tensors import pack
 from zoomrl.queue import QueuedGroup, ReplayQueueActor
 from zoomrl.rollout_pool import FinishedGroup, RolloutPool
-from zoomrl.tensors import pack
 
 pytestmark = pytest.mark.slow
 

@@ -18,7 +18,7 @@ from transformers import AutoImageProcessor, Qwen2_5_VLForConditionalGeneration
 
 from actors import RolloutActor
 from actors.rollout import Sampling
-from zoomrl.data import read_samples
+from core.data import read_samples
 
 pytestmark = pytest.mark.slow
 

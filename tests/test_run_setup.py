@@ -9,7 +9,7 @@ import subprocess
 import sys
 import threading
 
-from zoomrl.config import load_config
+from core.config import load_config
 from zoomrl.run_setup import new_run_dir, set_aside_rows_after
 
 

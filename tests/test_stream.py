@@ -1,7 +1,7 @@
 import pytest
 
-from zoomrl.stream import PromptStream, StreamPosition
-from zoomrl.types import Sample
+from core.stream import PromptStream, StreamPosition
+from core.types import Sample
 
 
 def samples(n: int) -> list[Sample]:

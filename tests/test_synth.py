@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from zoomrl.config import load_config
-from zoomrl.images import smart_resize
-from zoomrl.synth import KINDS, LETTERS, make_sample, write_synthetic
+from core.config import load_config
+from core.images import smart_resize
+from core.synth import KINDS, LETTERS, make_sample, write_synthetic
 
 
 def test_generator_is_deterministic():
@@ -54,7 +54,7 @@ def test_arguments_outside_the_data_synth_domains_are_refused_up_front(tmp_path)
 
 
 def test_kinds_and_clutter_choose_the_questions_and_the_distractors():
-    from zoomrl.synth import make_scene
+    from core.synth import make_scene
 
     assert make_sample(5, 1024, 0, "train") == make_sample(5, 1024, 0, "train", KINDS, 1.0)
     for i in range(3):
@@ -68,7 +68,7 @@ def test_kinds_and_clutter_choose_the_questions_and_the_distractors():
 
 
 def test_checks_and_grid_place_one_checkered_object_per_cell():
-    from zoomrl.synth import CHECKS, make_scene
+    from core.synth import CHECKS, make_scene
 
     shape_kind = ("test", ["shape"], 0.25)
     assert make_sample(4, 1536, 0, *shape_kind) == make_sample(4, 1536, 0, *shape_kind, 0)  # 0: no grid
@@ -95,9 +95,9 @@ def test_mini_answers_are_grey_at_full_view_and_readable_in_a_zoom():
     """The deepeyes-mini split: in the full view every checkered core averages to the same grey
     (the answer cannot be read; the object's colour, where to look, can), while the base's zoom on
     the object (its grid cell's middle, cut by the zoom tool) shows the checks' own colours."""
+    from core.config import ToolsConfig
+    from core.synth import CHECKS, make_scene
     from tools import execute_tool, initial_view, parse_tool_call
-    from zoomrl.config import ToolsConfig
-    from zoomrl.synth import CHECKS, make_scene
     from zoomrl.tiny_base import zoom_box, zoom_call
 
     cfg = load_config("deepeyes-mini")

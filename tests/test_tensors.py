@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from zoomrl.tensors import pack, unpack
+from core.tensors import pack, unpack
 
 
 def test_round_trip_keeps_dtypes_shapes_values_and_aliases():

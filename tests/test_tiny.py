@@ -5,7 +5,8 @@ import torch
 from PIL import Image
 from transformers import AutoProcessor, AutoTokenizer, Qwen2_5_VLForConditionalGeneration
 
-from zoomrl.tiny import SPECIAL_TOKENS, TAG_TOKENS, ensure_model, tiny_model_dir
+from core.tiny import SPECIAL_TOKENS, TAG_TOKENS, tiny_model_dir
+from zoomrl.run_setup import ensure_model
 
 
 def test_folder_loads_and_generates_on_a_chat_with_an_image(tiny_model_path):
@@ -42,7 +43,7 @@ def test_model_is_tiny_and_seeded(tiny_model_path, tiny_cfg):
 
 def test_build_is_cached_and_reproducible(tiny_cfg, tiny_model_path, tmp_path):
     assert ensure_model(tiny_cfg.model) == tiny_model_path == str(tiny_model_dir(tiny_cfg.model))
-    from zoomrl.tiny import build_tiny_model
+    from core.tiny import build_tiny_model
 
     again = build_tiny_model(tiny_cfg.model, tmp_path / "tiny")
     a = Qwen2_5_VLForConditionalGeneration.from_pretrained(tiny_model_path).state_dict()

@@ -8,12 +8,12 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from core.choices import choice_index
+from core.config import TinyBaseConfig, ToolsConfig, load_config
+from core.tiny import _train_tokenizer, as_dataclass
 from rewards.answer import extract_answer
-from rewards.choices import choice_index
 from rewards.format import well_formed
 from tools import ToolCall, execute_tool, parse_tool_call
-from zoomrl.config import TinyBaseConfig, ToolsConfig, load_config
-from zoomrl.tiny import _train_tokenizer, as_dataclass
 from zoomrl.tiny_base import BOX_CELLS, Pretraining, base_corpus, build_base, describe, ensure_base, measure
 
 
@@ -92,7 +92,7 @@ def test_build_is_deterministic_and_trains(ci_cfg, pretraining, tmp_path):
              for name in ("a", "b")]
     from transformers import Qwen2_5_VLForConditionalGeneration
 
-    from zoomrl.tiny import _build_model
+    from core.tiny import _build_model
 
     a, b = (Qwen2_5_VLForConditionalGeneration.from_pretrained(p).state_dict() for p in paths)
     assert all(torch.equal(a[k], b[k]) for k in a)

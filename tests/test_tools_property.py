@@ -8,11 +8,14 @@ parser returns can be pickled (how a call reaches a Ray task and is stored in it
 import itertools
 import json
 import pickle
+import typing
 
 import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from core.config import ModelConfig, ToolName, ToolsConfig
+from core.images import encode_png
 from tools import (
     ImageView,
     ToolCall,
@@ -22,11 +25,9 @@ from tools import (
     initial_view,
     parse_tool_call,
 )
-from zoomrl.config import ModelConfig, ToolsConfig, tool_names
-from zoomrl.images import encode_png
 
 MODEL = ModelConfig()
-TOOL_NAMES = list(tool_names())
+TOOL_NAMES = list(typing.get_args(ToolName))
 TOOLS = ToolsConfig(enabled=TOOL_NAMES)  # every tool, rotate too (training offers zoom alone)
 SETTINGS = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

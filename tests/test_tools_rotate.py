@@ -8,9 +8,9 @@ import pytest
 from drawn import squares
 from PIL import Image
 
+from core.config import ModelConfig, ToolsConfig
+from core.images import resize_for_model, smart_resize
 from tools import ToolCall, execute_tool
-from zoomrl.config import ModelConfig, ToolsConfig
-from zoomrl.images import resize_for_model, smart_resize
 
 MODEL = ModelConfig()  # 448x448 budget: a 2048x1536 original is seen at 504x364
 TOOLS = ToolsConfig(enabled=["image_zoom_in_tool", "image_rotate_tool"])  # rotate: eval only

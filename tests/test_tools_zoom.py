@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 from drawn import squares
 
+from core.config import ModelConfig, ToolsConfig
+from core.images import ImageError, encode_png, resize_for_model, smart_resize
 from tools import ImageView, ToolCall, execute_tool, initial_view
-from zoomrl.config import ModelConfig, ToolsConfig
-from zoomrl.images import ImageError, encode_png, resize_for_model, smart_resize
 
 MODEL = ModelConfig()  # 448x448 budget: a 2048x1536 original is seen at 504x364
 TOOLS = ToolsConfig()

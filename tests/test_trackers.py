@@ -16,12 +16,12 @@ import numpy as np
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from zoomrl.config import ConfigError, load_config
-from zoomrl.images import encode_png
-from zoomrl.metrics import METRICS, DriverMetrics, prometheus_name
+from core.config import ConfigError, load_config
+from core.images import encode_png
+from core.metrics import METRICS, DriverMetrics, prometheus_name
+from core.types import Group, Sample, ToolCallRecord, Trajectory
 from zoomrl.records import ImageStore, trajectory_record
 from zoomrl.trackers import WANDB_RUN_ID, open_trackers
-from zoomrl.types import Group, Sample, ToolCallRecord, Trajectory
 
 STEPS = [  # two steps' figures: documented names, a validation figure, a counter's running total
     {"accuracy": 0.25, "loss": 1.5, "val/accuracy": 0.5, "dropped_groups": 1},
@@ -194,7 +194,7 @@ def test_wandb_configured_but_not_installed_is_refused_at_start(tmp_path):
     as when it is not installed), zoomrl.trackers imports and the check names the extra."""
     code = ("import sys; sys.modules['wandb'] = None\n"
             "import zoomrl.trackers\n"
-            "from zoomrl.config import load_config\n"
+            "from core.config import load_config\n"
             "zoomrl.trackers.check_trackers(load_config(None, ['metrics.trackers=[tensorboard,wandb]']))\n")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path,
                             env=os.environ | {"RAY_AUTH_MODE": "disabled"})

@@ -10,8 +10,8 @@ from __future__ import annotations
 import pytest
 from test_eval import record
 
-from zoomrl.config import ConfigError, load_config
-from zoomrl.data import DataError
+from core.config import ConfigError, load_config
+from core.data import DataError
 from zoomrl.evaluate import load_eval_sets
 from zoomrl.run_setup import ensure_data
 from zoomrl.validate import val_figures, validation_questions

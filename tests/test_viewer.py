@@ -29,13 +29,13 @@ from test_imcot import ANSWER, ScriptedEngine, zoom
 from transformers import AutoTokenizer
 
 from actors.imcot import run_trajectory
+from core.data import read_samples
+from core.images import encode_png
+from core.types import Group
 from rewards.score import score_group
 from tools import execute_tool, initial_view
-from zoomrl.data import read_samples
 from zoomrl.evaluate import eval_record
-from zoomrl.images import encode_png
 from zoomrl.records import IMAGES_DIR, LOSSLESS_MAX_PIXELS, ImageStore, trajectory_record
-from zoomrl.types import Group
 from zoomrl.viewer.server import make_server
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts" / "viewer"

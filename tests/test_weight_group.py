@@ -12,9 +12,7 @@ import pytest
 import torch
 from group_members import fsdp_sender, receiver, scaled
 
-from learner.broadcast import policy_tensors, send_weights, wire_specs
-from learner.group import free_port
-from zoomrl.weight_group import (
+from core.weight_group import (
     ALIGN,
     GroupSpec,
     TensorSpec,
@@ -25,6 +23,8 @@ from zoomrl.weight_group import (
     rank_offsets,
     serve_store,
 )
+from learner.broadcast import policy_tensors, send_weights, wire_specs
+from learner.group import free_port
 
 HOST = "127.0.0.1"
 BUCKET_BYTES = 1024

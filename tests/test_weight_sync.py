@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from actors.engine import _layout, _WeightsBuffer
+from core.tensors import pack
+from core.weight_transfer import ALIGN
 from learner.weights import RankShards, assemble
-from zoomrl.tensors import pack
-from zoomrl.weight_transfer import ALIGN
 
 
 def state_dict() -> dict[str, torch.Tensor]:

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
 
-from zoomrl.types import Group, Sample, ToolCallRecord, Trajectory
+from core.types import Group, Sample, ToolCallRecord, Trajectory
 
 QUESTION = "What is the colour of the star? Options: A. red B. blue C. green D. yellow"
 TOOL_CALL = ('<tool_call>{"name": "image_zoom_in_tool", "arguments": {"bbox_2d": [10, 20, 120, 160]}}'

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 
+from core.config import ModelConfig, ToolsConfig
+from core.images import ImageError
 from tools.arguments import show
 from tools.parse import ToolCall
 from tools.registry import TOOLS
 from tools.tool import ToolError, ToolOutcome
 from tools.view import ImageView
-from zoomrl.config import ModelConfig, ToolsConfig
-from zoomrl.images import ImageError
 
 
 def _failed(message: str) -> ToolOutcome:

@@ -16,11 +16,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from core.config import ModelConfig, ToolsConfig
 from tools.arguments import finite_number
 from tools.frame import frame_size, normalize_angle
 from tools.tool import Tool, ToolError, ToolOutcome
 from tools.view import ImageView, snap_region
-from zoomrl.config import ModelConfig, ToolsConfig
 
 
 def rotate(arguments: dict[str, Any], view: ImageView, tools_cfg: ToolsConfig,

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import ray
 
+from core.config import ModelConfig, ToolsConfig
 from tools.execute import execute_tool
 from tools.parse import ToolCall
 from tools.tool import ToolOutcome
 from tools.view import ImageView
-from zoomrl.config import ModelConfig, ToolsConfig
 
 
 @ray.remote

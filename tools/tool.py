@@ -6,8 +6,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from core.config import ModelConfig, ToolsConfig
 from tools.view import ImageView
-from zoomrl.config import ModelConfig, ToolsConfig
 
 
 class ToolError(ValueError):

@@ -21,6 +21,8 @@ import numpy as np
 import ray
 from PIL import Image
 
+from core.config import ModelConfig
+from core.images import decode_image, resize_for_model
 from tools.frame import (
     Box,
     bounding_box,
@@ -30,8 +32,6 @@ from tools.frame import (
     frame_to_original,
     original_to_frame,
 )
-from zoomrl.config import ModelConfig
-from zoomrl.images import decode_image, resize_for_model
 
 
 @dataclass(frozen=True, eq=False)

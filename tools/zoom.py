@@ -15,10 +15,10 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from core.config import ModelConfig, ToolsConfig
 from tools.arguments import finite_number, optional_string, show
 from tools.tool import Tool, ToolError, ToolOutcome
 from tools.view import ImageView, snap_region
-from zoomrl.config import ModelConfig, ToolsConfig
 
 BOX_KEYS = ("bbox_2d", "bbox")  # the paper's key, and the released code's
 

@@ -1,5 +1,5 @@
 """The broadcast weight sync (`weight_sync.method: nccl | gloo`): learner rank 0 sends each policy
-version to every rollout engine's workers in one group (zoomrl/weight_group.py), the field's
+version to every rollout engine's workers in one group (core/weight_group.py), the field's
 standard route on GPU clusters (NCCL); gloo is its CPU twin, which CI runs.
 
 `BroadcastSync.sync(version, actors)` is the whole sequence. If the actors are not the members of
@@ -22,9 +22,9 @@ from __future__ import annotations
 
 import ray
 
+from core.config import Config
+from core.weight_group import GroupSpec, member_names, rank_offsets
 from learner.group import LearnerGroup
-from zoomrl.config import Config
-from zoomrl.weight_group import GroupSpec, member_names, rank_offsets
 
 
 def broadcast_sync(cfg: Config, learner: LearnerGroup) -> BroadcastSync | None:

@@ -16,7 +16,7 @@ import typing
 from collections.abc import Callable
 from pathlib import Path
 
-from zoomrl.config import (
+from core.config import (
     DEFAULT_PRESET,
     ConfigError,
     PromptStyle,
@@ -26,7 +26,7 @@ from zoomrl.config import (
     preset_names,
     to_yaml,
 )
-from zoomrl.data import DataError, read_samples
+from core.data import DataError, read_samples
 
 
 def _int_field(key: str) -> Callable[[str], int]:
@@ -67,14 +67,14 @@ def _cmd_config_show(args: argparse.Namespace) -> int:
 
 
 def _cmd_config_explain(args: argparse.Namespace) -> int:
-    from zoomrl.config_explain import explain
+    from core.config_explain import explain
 
     print(explain(args.prefix, load_config(args.config), args.config), end="")
     return 0
 
 
 def _cmd_data_synth(args: argparse.Namespace) -> int:
-    from zoomrl.synth import write_synthetic
+    from core.synth import write_synthetic
 
     start = time.perf_counter()
     paths = write_synthetic(args.out, args.n_train, args.n_test, args.image_size, args.seed)
@@ -103,7 +103,7 @@ def _progress(total_steps: int):
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from zoomrl.progress import StartupLog
+    from core.progress import StartupLog
 
     say = StartupLog()  # before the imports below: Ray, torch and vLLM take seconds to load
     from rewards import JudgeError
@@ -223,10 +223,9 @@ def _eval_overrides(args: argparse.Namespace) -> list[str]:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
+    from core.progress import ProgressBar
     from zoomrl.evaluate import compare_reports, report_table, run_eval
-    from zoomrl.progress import ProgressBar
-    from zoomrl.run_setup import ensure_data
-    from zoomrl.tiny import ensure_model
+    from zoomrl.run_setup import ensure_data, ensure_model
 
     if args.overrides[:1] == ["compare"]:
         if len(args.overrides) != 3:
@@ -256,7 +255,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 def _cmd_curate(args: argparse.Namespace) -> int:
     from zoomrl.curate import run_curate
-    from zoomrl.tiny import ensure_model
+    from zoomrl.run_setup import ensure_model
 
     cfg = load_config(args.config, _model_override(args) + args.overrides)
     model_path = ensure_model(cfg.model, cfg.data.synth)

@@ -22,8 +22,8 @@ import os
 import ray
 from ray._private import ray_constants
 
-from zoomrl.config import Config
-from zoomrl.progress import Say, quiet
+from core.config import Config
+from core.progress import Say, quiet
 
 LOOPBACK = "127.0.0.1"
 

@@ -4,7 +4,7 @@
          --perception--> rows whose ground-truth crop helps (rows without boxes pass) --> kept
 
 - labels: every row is read (release or V* / HR-Bench layout) and checked as every command
-  checks it (`zoomrl.data.check_labels`: options present for a letter answer, answer among them,
+  checks it (`core.data.check_labels`: options present for a letter answer, answer among them,
   images decodable, boxes inside the image, ids unique), then standardized (answer as its option letter,
   texts stripped). The paper lists this stage second; it runs first here because a row that
   cannot be read cannot be sampled, and it costs no generation.
@@ -18,7 +18,7 @@
 Resumable: each sampled verdict is appended to OUT.progress.jsonl (keyed by stage and row id,
 after a header line with the settings) as soon as its group finishes; a rerun with the same
 settings skips them, and starts no engine when nothing is left. Writes the kept rows to OUT in
-the release format (`zoomrl.data.write_samples`) and OUT.report.json: the counts per stage and
+the release format (`core.data.write_samples`) and OUT.report.json: the counts per stage and
 every dropped row with its reason. While a stage samples it shows its progress (a bar on a
 terminal, a line per ~5% in a log); each row's verdict is in OUT.progress.jsonl.
 """
@@ -35,13 +35,13 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from zoomrl.config import Config, ConfigError
-from zoomrl.data import DataError, iter_file, write_samples
-from zoomrl.images import decode_image, encode_png
-from zoomrl.options import standardize
-from zoomrl.progress import ProgressBar
+from core.config import Config, ConfigError
+from core.data import DataError, iter_file, write_samples
+from core.images import decode_image, encode_png
+from core.options import standardize
+from core.progress import ProgressBar
+from core.types import Group, Sample
 from zoomrl.rollouts import RolloutSession
-from zoomrl.types import Group, Sample
 
 SAMPLED_STAGES = ("difficulty", "perception")
 

@@ -45,24 +45,24 @@ from pathlib import Path
 
 import ray
 
+from core.config import Config, save_config
+from core.data import read_samples
+from core.metrics import METRICS_BY_NAME, DriverMetrics
+from core.progress import Say, StartupLog
+from core.stream import PromptStream, StreamPosition
+from core.types import GroupSummary, Sample
 from learner.checkpoint import remove_old_checkpoints
 from learner.group import LearnerGroup
 from rewards import JudgeError
 from zoomrl.broadcast_sync import broadcast_sync
 from zoomrl.cluster import start_ray
-from zoomrl.config import Config, save_config
 from zoomrl.control import PoolStatus, start_control
-from zoomrl.data import read_samples
 from zoomrl.figures import step_figures
-from zoomrl.metrics import METRICS_BY_NAME, DriverMetrics
-from zoomrl.progress import Say, StartupLog
 from zoomrl.queue import QueuedGroup, QueueStats, ReplayQueueActor
 from zoomrl.records import ImageStore, trajectory_record
 from zoomrl.rollout_pool import FinishedGroup, RolloutPool
 from zoomrl.run_setup import new_run_dir, prepare_inputs, set_aside_rows_after
-from zoomrl.stream import PromptStream, StreamPosition
 from zoomrl.trackers import check_trackers, open_trackers
-from zoomrl.types import GroupSummary, Sample
 from zoomrl.validate import validate, validation_questions
 
 CONTROL_POLL_S = 1.0

@@ -1,6 +1,6 @@
 """`zoomrl eval`: measure a policy on evaluation sets with the iMCoT loop, and compare two reports.
 
-Every question of every file (release or V* / HR-Bench layout, `zoomrl.data`) goes through
+Every question of every file (release or V* / HR-Bench layout, `core.data`) goes through
 the rollout actors (`RolloutSession`: one engine per rollout.num_workers, in parallel) with
 eval.n trajectories at eval.temperature, scored by the reward package exactly as in training
 (rules, then the judge when reward.judge.base_url is set). Multiple-choice options are shuffled
@@ -27,14 +27,14 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from actors.rollout import Sampling
+from core.config import Config
+from core.data import DataError, iter_file
+from core.options import shuffle_options
+from core.types import Group, Sample
 from rewards.answer import extract_answer
 from rewards.turns import assistant_turns
-from zoomrl.config import Config
-from zoomrl.data import DataError, iter_file
-from zoomrl.options import shuffle_options
 from zoomrl.records import ImageStore, trajectory_record
 from zoomrl.rollouts import RolloutSession
-from zoomrl.types import Group, Sample
 
 WILSON_Z = 1.959963984540054  # two-sided 95%: the 0.975 quantile of the standard normal
 INTERVAL = "Wilson score interval, 95%, over trajectories"

@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import numpy as np
 
+from core.config import RewardConfig
+from core.types import Group, GroupSummary
 from rewards.score import reward_weights
-from zoomrl.config import RewardConfig
-from zoomrl.types import Group, GroupSummary
 
 TRUNCATED = {"max_tool_calls", "max_response_tokens", "max_tokens_per_turn", "max_images", "max_model_len"}
 
 
 def step_figures(groups: list[Group] | list[GroupSummary], learner_version: int,
                  reward_cfg: RewardConfig) -> dict[str, float]:
-    """Means over every trajectory of the step; names as in zoomrl.metrics.METRICS."""
+    """Means over every trajectory of the step; names as in core.metrics.METRICS."""
     trajectories = [(group, traj) for group in groups for traj in group.trajectories]
 
     def mean(values) -> float:

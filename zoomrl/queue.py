@@ -18,7 +18,7 @@ from typing import Any
 
 import ray
 
-from zoomrl.metrics import RayMetrics
+from core.metrics import RayMetrics
 
 QUEUE_METRICS = ["queue_depth"]  # reported through ray.util.metrics on every put and take
 
@@ -28,7 +28,7 @@ class QueuedGroup:
     """A reference to one scored group in the object store, with what the queue needs to know."""
 
     ref: Any
-    """ray.ObjectRef of a zoomrl.types.Group (kept inside this record, so Ray never resolves it)."""
+    """ray.ObjectRef of a core.types.Group (kept inside this record, so Ray never resolves it)."""
     policy_version: int
     """Oldest policy version that produced any of the group's tokens."""
     group_id: str

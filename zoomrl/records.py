@@ -18,9 +18,9 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from core.images import encode_png
+from core.types import Group, Trajectory
 from rewards.turns import ASSISTANT, IM_END, IM_START
-from zoomrl.images import encode_png
-from zoomrl.types import Group, Trajectory
 
 IMAGES_DIR = "images"
 LOSSLESS_MAX_PIXELS = 512 * 512

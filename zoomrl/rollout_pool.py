@@ -32,10 +32,10 @@ from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
 
 from actors import GroupInfo, RolloutActor
 from actors.rollout import PolicyWeights, Sampling
+from core.config import Config
+from core.progress import Say, quiet
+from core.types import Sample
 from rewards import JudgeError
-from zoomrl.config import Config
-from zoomrl.progress import Say, quiet
-from zoomrl.types import Sample
 
 if TYPE_CHECKING:
     from zoomrl.broadcast_sync import BroadcastSync
@@ -60,7 +60,7 @@ class GroupRequest:
 class FinishedGroup:
     info: GroupInfo
     ref: ray.ObjectRef
-    """ray.ObjectRef of the zoomrl.types.Group."""
+    """ray.ObjectRef of the core.types.Group."""
 
 
 class RolloutPool:

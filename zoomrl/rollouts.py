@@ -19,11 +19,11 @@ import numpy as np
 import ray
 
 from actors.rollout import Sampling
+from core.config import Config
+from core.types import Group, Sample
 from zoomrl.cluster import start_ray
-from zoomrl.config import Config
 from zoomrl.records import ImageStore, trajectory_record
 from zoomrl.rollout_pool import FinishedGroup, RolloutPool
-from zoomrl.types import Group, Sample
 
 GROUPS_IN_FLIGHT_PER_ACTOR = 4  # enough for the engine to batch across groups, bounded memory
 

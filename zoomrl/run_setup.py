@@ -13,11 +13,25 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from zoomrl.config import Config, save_config
-from zoomrl.data import check_data_files
-from zoomrl.progress import Say, quiet
-from zoomrl.synth import write_synthetic
-from zoomrl.tiny import ensure_model
+from core.config import Config, ModelConfig, SynthConfig, save_config
+from core.data import check_data_files
+from core.progress import Say, quiet
+from core.synth import write_synthetic
+from core.tiny import ensure_tiny_model
+
+
+def ensure_model(model_cfg: ModelConfig, synth: SynthConfig | None = None) -> str:
+    """Path (folder or hub id) to load the policy from; builds the tiny model or the tiny base
+    if needed. The tiny base is pretrained on the synthetic scenes `synth` describes."""
+    if model_cfg.path == "tiny-base":
+        from zoomrl.tiny_base import ensure_base  # the base's recipe imports the learner and actors
+
+        if synth is None:
+            raise ValueError("model.path=tiny-base needs the data.synth settings it is pretrained for")
+        return str(ensure_base(model_cfg, synth))
+    if model_cfg.path == "tiny":
+        return str(ensure_tiny_model(model_cfg))
+    return model_cfg.path
 
 
 @dataclass

@@ -10,7 +10,7 @@ weights; every size in `model.base`):
 1. Tokenizer: byte-level BPE as for `tiny`, trained on its corpus plus the exact conversation
    text the rollout renders (system prompt with the zoom tool, instruction, tool response) and
    the view coordinates 0..view side, so the prompt is short and each coordinate one token.
-2. Data: `model.base.images` scenes of the synthetic generator (`zoomrl.synth.make_scene`, the
+2. Data: `model.base.images` scenes of the synthetic generator (`core.synth.make_scene`, the
    run's `data.synth` image size, kinds, clutter and grid) from split 'base', never 'train' or
    'test'. Every sequence is rendered by the rollout's own code (`actors.prompt`,
    `actors.sequence`) and every crop cut by the zoom tool itself (`tools.execute_tool` on the
@@ -114,10 +114,9 @@ from pathlib import Path
 
 import numpy as np
 
-from tools.view import ImageView
-from zoomrl.config import ConfigError, ModelConfig, SynthConfig, TinyBaseConfig, ToolsConfig
-from zoomrl.synth import CHECKS, COLORS, POSITIONS, SHAPES, SceneObject, make_scene
-from zoomrl.tiny import (
+from core.config import ConfigError, ModelConfig, SynthConfig, TinyBaseConfig, ToolsConfig
+from core.synth import CHECKS, COLORS, POSITIONS, SHAPES, SceneObject, make_scene
+from core.tiny import (
     TINY_FORMAT,
     _build_model,
     _build_processor,
@@ -126,7 +125,8 @@ from zoomrl.tiny import (
     as_dataclass,
     save_folder,
 )
-from zoomrl.types import Sample
+from core.types import Sample
+from tools.view import ImageView
 
 BASE_FORMAT = 4  # bump when the recipe changes (invalidates cached bases)
 SPLIT = "base"
@@ -169,7 +169,7 @@ def ensure_base(model_cfg: ModelConfig, synth: SynthConfig, log: Callable[[str],
 
 
 def _view_side(model_cfg: ModelConfig, synth: SynthConfig) -> int:
-    from zoomrl.images import smart_resize
+    from core.images import smart_resize
 
     return max(smart_resize(synth.image_size, synth.image_size, model_cfg.min_pixels,
                             model_cfg.max_pixels))
@@ -179,7 +179,7 @@ def base_corpus(model_cfg: ModelConfig, synth: SynthConfig) -> list[str]:
     """Tokenizer corpus: the tiny corpus, the rendered conversation, the supervised phrases and
     every view coordinate (repeated, so each becomes one token)."""
     from actors.prompt import render_prompt, tool_response
-    from zoomrl.synth import make_sample
+    from core.synth import make_sample
 
     sample = make_sample(0, 512, 0, SPLIT)
     lines = _tokenizer_corpus()
@@ -276,7 +276,7 @@ class Pretraining:
         return self.tokenizer.encode(text, add_special_tokens=False)
 
     def _record(self, seq, name: str, prompt_len: int):
-        from zoomrl.types import Trajectory
+        from core.types import Trajectory
 
         ids, mask, logprobs = seq.arrays()
         return Trajectory(sample_id=name, group_id=name, input_ids=ids, loss_mask=mask,
@@ -550,7 +550,7 @@ def main() -> None:
 
     from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
 
-    from zoomrl.config import load_config
+    from core.config import load_config
 
     parser = argparse.ArgumentParser(prog="python -m zoomrl.tiny_base", description=main.__doc__)
     parser.add_argument("--config", default="deepeyes-mini")

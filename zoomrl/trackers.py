@@ -6,8 +6,8 @@ records)` with the step's sample trajectories, `close()` at the end. The driver 
 
 - metrics.jsonl and trajectories.jsonl in the run directory (`JsonLinesTracker`): always on, the
   run's own record (resume and the tests read it).
-- The driver's Prometheus endpoint (`zoomrl.metrics.DriverMetrics`): always on; it keeps only the
-  names of `zoomrl.metrics.METRICS`.
+- The driver's Prometheus endpoint (`core.metrics.DriverMetrics`): always on; it keeps only the
+  names of `core.metrics.METRICS`.
 - The experiment trackers named in `metrics.trackers`: TensorBoard event files in the run directory
   (`TensorBoardTracker`), Weights & Biases (`WandbTracker`, online or WANDB_MODE=offline).
 
@@ -30,7 +30,7 @@ from typing import Any, Protocol
 
 from omegaconf import OmegaConf
 
-from zoomrl.config import Config, ConfigError
+from core.config import Config, ConfigError
 
 
 class Tracker(Protocol):

@@ -23,13 +23,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from zoomrl.config import Config, ConfigError
-from zoomrl.data import check_data_files
+from core.config import Config, ConfigError
+from core.data import check_data_files
+from core.types import Sample
 from zoomrl.evaluate import answer_records, eval_sampling, figures, load_eval_sets
 from zoomrl.records import ImageStore
 from zoomrl.rollout_pool import FinishedGroup, RolloutPool
 from zoomrl.rollouts import pool_groups
-from zoomrl.types import Sample
 
 PREFIX = "val/"
 

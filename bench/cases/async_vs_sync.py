@@ -29,8 +29,8 @@ import ray
 from omegaconf import OmegaConf
 
 from bench.common import Result, spread
+from core.config import Config
 from zoomrl.cluster import start_ray
-from zoomrl.config import Config
 
 NAME = "async_vs_sync"
 GOAL_SPEEDUP = 2.0

@@ -31,8 +31,8 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from bench.common import RESULTS_DIR, Result
+from core.config import Config, RewardConfig
 from zoomrl.cluster import start_ray
-from zoomrl.config import Config, RewardConfig
 from zoomrl.evaluate import wilson_interval
 
 NAME = "deepeyes_mini"

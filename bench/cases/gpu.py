@@ -45,7 +45,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from bench.common import Result
-from zoomrl.config import Config, load_config
+from core.config import Config, load_config
 
 NAME = "gpu"
 STAGES = ("rollout", "learner", "weight_sync")
@@ -167,7 +167,7 @@ def run(args: argparse.Namespace, cfg: Config) -> Result:
     import torch
 
     from bench.cases.learner import make_groups
-    from zoomrl.tiny import ensure_model
+    from zoomrl.run_setup import ensure_model
 
     tiny_path = ensure_model(load_config("tiny-cpu").model)
     config = qwen25_vl_7b_config(tiny_path)
@@ -269,8 +269,8 @@ def _write_random_model(config, tiny_path: str, folder: Path) -> Path:
 
 def _rollout(cfg: Config, model_path: Path, prompts: int) -> dict:
     from bench.cases.rollout import generate, scripted
+    from core.data import read_samples
     from zoomrl.cluster import start_ray
-    from zoomrl.data import read_samples
     from zoomrl.run_setup import prepare_inputs
 
     cfg = scripted(OmegaConf.merge(cfg, {"model": {"path": str(model_path)}}))

@@ -29,8 +29,8 @@ import numpy as np
 from omegaconf import OmegaConf
 
 from bench.common import Result, spread
+from core.config import Config
 from zoomrl.cluster import start_ray
-from zoomrl.config import Config
 
 NAME = "learner"
 GOAL_SHARDING = 1.1
@@ -54,7 +54,7 @@ def make_groups(model_path: str, num_groups: int, n: int, seed: int) -> list:
     from transformers import AutoProcessor
 
     from bench.learner_packing import make_trajectories
-    from zoomrl.types import Group, Sample
+    from core.types import Group, Sample
 
     processor = AutoProcessor.from_pretrained(model_path)
     trajectories = make_trajectories(processor, num_groups * n, seed)
@@ -107,7 +107,7 @@ def measure_ranks(cfg: Config, model_path: str, groups: list, ranks: int, steps:
 
 
 def run(args: argparse.Namespace, cfg: Config) -> Result:
-    from zoomrl.tiny import ensure_model
+    from zoomrl.run_setup import ensure_model
 
     model_path = ensure_model(cfg.model)
     figures: dict = {}
@@ -189,9 +189,9 @@ def update_peak_bytes(model_path: str, length: int, chunk_tokens: int | None) ->
     import torch
     from transformers import AutoConfig, AutoImageProcessor, Qwen2_5_VLForConditionalGeneration
 
+    from core.types import Trajectory
     from learner.batching import TrainItem, collate
     from learner.model import token_logprobs, with_packed_attention
-    from zoomrl.types import Trajectory
 
     torch.manual_seed(0)
     config = AutoConfig.from_pretrained(model_path)

@@ -37,11 +37,11 @@ from collections import Counter
 import torch
 
 from bench.common import Result
+from core.config import Config, SynthConfig, TinyBaseConfig
+from core.synth import COLORS
+from core.tiny import _build_model, _build_processor, _train_tokenizer, as_dataclass
 from learner.batching import TrainItem, collate
 from learner.model import load_policy, token_logprobs
-from zoomrl.config import Config, SynthConfig, TinyBaseConfig
-from zoomrl.synth import COLORS
-from zoomrl.tiny import _build_model, _build_processor, _train_tokenizer, as_dataclass
 from zoomrl.tiny_base import Pretraining, Scene, base_corpus, grid_cell, token_classes
 
 NAME = "pointing"

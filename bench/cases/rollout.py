@@ -22,8 +22,8 @@ import ray
 from omegaconf import OmegaConf
 
 from bench.common import Result
+from core.config import Config
 from zoomrl.cluster import start_ray
-from zoomrl.config import Config
 
 NAME = "rollout"
 GOAL_SCALING = 1.7
@@ -84,7 +84,7 @@ def generate(cfg: Config, model_path: str, samples: list, workers: int) -> dict:
 
 
 def run(args: argparse.Namespace, cfg: Config) -> Result:
-    from zoomrl.data import read_samples
+    from core.data import read_samples
     from zoomrl.run_setup import prepare_inputs
 
     if not args.free:

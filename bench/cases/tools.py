@@ -1,7 +1,7 @@
 """tools: latency of one zoom-in call (decode + crop + resize) on 2K, 4K and 8K images, in-process
 and as the Ray task the rollout actors use.
 
-Images are the synthetic visual-search rows (`zoomrl.synth.make_sample`, PNG) at each side; the
+Images are the synthetic visual-search rows (`core.synth.make_sample`, PNG) at each side; the
 box is a quarter of the view the model saw, the typical zoom. Per size: decode of the original
 (a call given encoded bytes decodes it every time), crop + smart-resize of the decoded original,
 the whole `execute_tool` call, and `execute_tool_task` end to end with the original in the object
@@ -18,11 +18,11 @@ import time
 import numpy as np
 
 from bench.common import Result, best_of
+from core.config import Config
+from core.synth import make_sample
 from tools import ToolCall, execute_tool, initial_view
 from tools.view import snap_region
 from zoomrl.cluster import start_ray
-from zoomrl.config import Config
-from zoomrl.synth import make_sample
 
 NAME = "tools"
 

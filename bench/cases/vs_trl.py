@@ -2,7 +2,7 @@
 zoomrl (goal: zoomrl >= 3x faster).
 
 The job, identical on both sides: the same policy folder (tiny-cpu: the tiny Qwen2.5-VL of
-zoomrl/tiny.py), the same first prompts of the training set with their images (TRL gets the
+core/tiny.py), the same first prompts of the training set with their images (TRL gets the
 conversation zoomrl renders, so the prompt tokens and the 448x448 image's 256 image tokens are the
 same), learner.prompts_per_step prompts x rollout.n samples per step, --max-new-tokens per
 completion, temperature 1, KL 0 (no reference model), AdamW at learner.lr, one optimizer step
@@ -31,8 +31,8 @@ import time
 from omegaconf import OmegaConf
 
 from bench.common import Result, spread
+from core.config import Config
 from zoomrl.cluster import start_ray
-from zoomrl.config import Config
 
 NAME = "vs_trl"
 GOAL_SPEEDUP = 3.0
@@ -76,8 +76,8 @@ def trl_job(spec: dict) -> dict:
     from trl import GRPOConfig, GRPOTrainer
 
     from actors.prompt import render_prompt
+    from core.data import read_samples
     from rewards.answer import extract_answer
-    from zoomrl.data import read_samples
 
     samples = read_samples(spec["train_files"])[: spec["prompts"]]
     rows = {"prompt": [trl_messages(render_prompt(s, [])) for s in samples],

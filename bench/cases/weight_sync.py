@@ -25,8 +25,8 @@ import torch
 from omegaconf import OmegaConf
 
 from bench.common import Result, best_of, spread
+from core.config import Config
 from zoomrl.cluster import start_ray
-from zoomrl.config import Config
 
 NAME = "weight_sync"
 GOAL_VS_MEMCPY = 4.0
@@ -62,7 +62,7 @@ def measure_size(cfg: Config, repeats: int, bandwidth: float) -> dict:
     from learner.group import LearnerGroup
     from zoomrl.broadcast_sync import broadcast_sync
     from zoomrl.rollout_pool import RolloutPool
-    from zoomrl.tiny import ensure_model
+    from zoomrl.run_setup import ensure_model
 
     model_path = ensure_model(cfg.model)
     learner = LearnerGroup(cfg, model_path)

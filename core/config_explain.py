@@ -1,5 +1,5 @@
 """`zoomrl config explain [KEY_PREFIX]`: each config field's docstring, type, default and allowed
-values, read from the dataclasses in zoomrl/config.py, which stay the one place they are written.
+values, read from the dataclasses in core/config.py, which stay the one place they are written.
 
 Python keeps no docstring of a dataclass field (the string literal under it is a bare
 expression), so `field_docs` reads it from the class's source with `ast`; the domain comes from
@@ -21,12 +21,10 @@ from typing import Annotated, Any, Literal
 import yaml
 from omegaconf import OmegaConf
 
-from zoomrl.config import (
-    TOOL_LIST_KEYS,
+from core.config import (
     Config,
     ConfigError,
     allowed_values,
-    tool_names,
     unknown_key_help,
 )
 
@@ -92,9 +90,7 @@ def _walk(section: type, defaults: Any, prefix: str) -> typing.Iterator[FieldHel
             yield FieldHelp(key, docs.get(field.name) or inspect.cleandoc(hint.__doc__), "section")
             yield from _walk(hint, default, f"{key}.")
             continue
-        allowed = (f"each one of {', '.join(tool_names())}" if key in TOOL_LIST_KEYS
-                   else allowed_values(hint))
-        yield FieldHelp(key, docs.get(field.name, ""), type_name(hint), _plain(default), allowed)
+        yield FieldHelp(key, docs.get(field.name, ""), type_name(hint), _plain(default), allowed_values(hint))
         value = typing.get_args(hint)[1] if typing.get_origin(hint) is dict else None
         if dataclasses.is_dataclass(value):  # the fields of each entry (reward.weights.<key>.acc)
             yield from _walk(value, value(), f"{key}.{DICT_KEY}.")

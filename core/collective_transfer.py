@@ -1,5 +1,5 @@
 """The vLLM worker's side of the broadcast weight sync: a weight-transfer backend that joins the
-weight-sync group of `zoomrl.weight_group` and loads every version broadcast by learner rank 0.
+weight-sync group of `core.weight_group` and loads every version broadcast by learner rank 0.
 
 vLLM 0.32 updates weights in place through its weight-transfer API: the engine is started with
 `weight_transfer_config=WeightTransferConfig(backend=BACKEND)`, and `AsyncLLM`'s
@@ -10,7 +10,7 @@ vLLM's layerwise reload. vLLM's own NCCL backend does not fit: its trainer side 
 engine the same rank offset (one engine only), picks a port racily and never times out.
 
 The same backend serves gloo (CPU: the twin CI runs) and NCCL (GPU): the init info says which.
-It is registered as BACKEND by `zoomrl.vllm_plugin.register_weight_transfer` in every vLLM
+It is registered as BACKEND by `core.vllm_plugin.register_weight_transfer` in every vLLM
 process. The init and update infos are plain dicts on the wire (`init_info` / `update_info`
 below build them).
 
@@ -24,8 +24,8 @@ from typing import Any
 
 from vllm.distributed.weight_transfer.base import WeightTransferInitInfo, WeightTransferUpdateInfo
 
-from zoomrl.weight_group import GroupSpec, TensorSpec, WeightGroup, receive_buckets
-from zoomrl.weight_transfer import LayerwiseReloadEngine
+from core.weight_group import GroupSpec, TensorSpec, WeightGroup, receive_buckets
+from core.weight_transfer import LayerwiseReloadEngine
 
 BACKEND = "zoomrl_broadcast"
 
@@ -41,7 +41,7 @@ class BroadcastInitInfo(WeightTransferInitInfo):
     communicator: str
     timeout_s: float
     rank_offset: int
-    """Group rank of this engine's worker 0 (`zoomrl.weight_group.rank_offsets`)."""
+    """Group rank of this engine's worker 0 (`core.weight_group.rank_offsets`)."""
     bucket_bytes: int
 
 

@@ -3,7 +3,7 @@
 Options appear in prompts as one line per option, lettered from A in order and written one way
 throughout: '(A) red', 'A. red', 'A) red' or 'A: red' (V* from lmms-lab uses '(A)', zoomrl and
 HR-Bench prompts 'A.'). Rows that carry no options field get theirs from these lines
-(`zoomrl.data`), and shuffling rewrites the lines in the style they were found in.
+(`core.data`), and shuffling rewrites the lines in the style they were found in.
 
 Option shuffling gives each multiple-choice question a fixed random order (from a seed and the
 question's id), remaps the answer letter and rewrites the option lines of the prompt, so a model
@@ -17,8 +17,8 @@ import random
 import re
 from dataclasses import dataclass
 
-from rewards.choices import LETTERS, choice_index
-from zoomrl.types import Sample
+from core.choices import LETTERS, choice_index
+from core.types import Sample
 
 OPTION_LETTERS = LETTERS
 
@@ -119,7 +119,7 @@ def shuffle_options(sample: Sample, seed: int) -> Sample:
 def standardize(sample: Sample) -> Sample:
     """The row in zoomrl's standard form: texts stripped, a multiple-choice answer as its letter.
 
-    Call on checked rows (`zoomrl.data.check_labels`: the answer names one of the options).
+    Call on checked rows (`core.data.check_labels`: the answer names one of the options).
     """
     choices = [c.strip() for c in sample.choices]
     answer = sample.answer.strip()

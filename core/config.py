@@ -1,7 +1,7 @@
 """The one config system: OmegaConf structured dataclasses, YAML presets, dotted overrides.
 
 Defaults live only here, as dataclass field defaults, and follow the DeepEyes reference recipe
-where it states a value. Presets (`zoomrl/presets/*.yaml`) change what a machine size needs;
+where it states a value. Presets (`core/presets/*.yaml`) change what a machine size needs;
 `tiny-cpu` is the preset used when none is named. Load order: defaults <- preset <- overrides; a YAML
 file may start from a preset with a top-level `preset: NAME` key (the cluster configs in deploy/ do).
 Each field's domain is declared on the field: a `Literal[...]` of the allowed strings, or an
@@ -175,7 +175,7 @@ class SynthConfig:
     """Question kinds drawn from: colour (of the only shape of a kind), shape (of the only object
     of a colour), position (of one target relative to another), checks (the two colours of the
     checkered core of the only object of a colour: every object of its images has one, 48 or 64 px;
-    the pairs average to one grey in a shrunk view, zoomrl/synth.py)."""
+    the pairs average to one grey in a shrunk view, core/synth.py)."""
     clutter: Annotated[float, Range(ge=0)] = 1.0
     """Distractors relative to the default density (1 = 30-60 on a 2048 px image, as many per
     area on others); at least 4 are drawn whatever the value."""
@@ -268,25 +268,23 @@ class RolloutConfig:
     """vLLM engine settings."""
 
 
+ToolName = Literal["image_zoom_in_tool", "image_rotate_tool"]
+"""The tools of the registry (tools/registry.py registers a `Tool` under each of these names; a
+test holds the two equal). Named here because the config, the ground floor, imports no tool."""
+
+
 @dataclass
 class ToolsConfig:
     """The image tools the policy may call."""
 
-    enabled: list[str] = field(default_factory=lambda: ["image_zoom_in_tool"])
-    """Tool names offered to the policy in the system prompt (values: `tool_names()`). DeepEyes
+    enabled: list[ToolName] = field(default_factory=lambda: ["image_zoom_in_tool"])
+    """Tool names offered to the policy in the system prompt. DeepEyes
     trains with zoom-in only; its rotate tool is offered zero-shot at inference, e.g.
     `zoomrl eval ... tools.enabled=[image_zoom_in_tool,image_rotate_tool]`."""
     min_box_side: Count = 28
     """A zoom box's short side (in original-image pixels) must be at least this (one merged patch)."""
     max_aspect_ratio: Annotated[float, Range(ge=1)] = 100.0
     """A zoom box's long/short side ratio must be at most this."""
-
-
-def tool_names() -> tuple[str, ...]:
-    """What tools.enabled and reward.bonus_tools may hold: the names in the tool registry."""
-    from tools.registry import TOOLS  # imported here: the tools import this module
-
-    return tuple(TOOLS)
 
 
 @dataclass
@@ -347,8 +345,8 @@ class RewardConfig:
     """Weights per data_source; 'default' applies to every source not listed."""
     max_answer_chars: Count = 1000
     """Answers this long or longer get format -1 and accuracy 0 (anti-hacking)."""
-    bonus_tools: list[str] = field(default_factory=lambda: ["image_zoom_in_tool"])
-    """Tools whose successful calls earn the tool bonus (values: `tool_names()`). DeepEyes rewards
+    bonus_tools: list[ToolName] = field(default_factory=lambda: ["image_zoom_in_tool"])
+    """Tools whose successful calls earn the tool bonus. DeepEyes rewards
     active perception, a crop; rotate is its zero-shot inference tool and earns none."""
     judge: JudgeConfig = field(default_factory=JudgeConfig)
     """The optional LLM judge."""
@@ -560,13 +558,13 @@ class Config:
 
 def preset_names() -> list[str]:
     """Names of the presets shipped with the package."""
-    return sorted(p.name.removesuffix(".yaml") for p in resources.files("zoomrl.presets").iterdir()
+    return sorted(p.name.removesuffix(".yaml") for p in resources.files("core.presets").iterdir()
                   if p.name.endswith(".yaml"))
 
 
 def _read_yaml(preset_or_path: str) -> DictConfig:
     if preset_or_path in preset_names():
-        text = resources.files("zoomrl.presets").joinpath(f"{preset_or_path}.yaml").read_text()
+        text = resources.files("core.presets").joinpath(f"{preset_or_path}.yaml").read_text()
         return OmegaConf.create(text) if text.strip() else OmegaConf.create({})
     path = Path(preset_or_path).expanduser()
     if not path.is_file():
@@ -640,6 +638,8 @@ def allowed_values(hint: Any) -> str | None:
     hint = _without_none(hint)
     if typing.get_origin(hint) is Literal:
         return f"one of {', '.join(map(str, typing.get_args(hint)))}"
+    if typing.get_origin(hint) is list and typing.get_origin(typing.get_args(hint)[0]) is Literal:
+        return f"each {allowed_values(typing.get_args(hint)[0])}"
     ranges = [bound for bound in getattr(hint, "__metadata__", ()) if isinstance(bound, Range)]
     return str(ranges[0]) if ranges else None
 
@@ -733,21 +733,12 @@ def _cross_field_errors(cfg: Config) -> list[str]:
     return [message for holds, message in rules if not holds]
 
 
-TOOL_LIST_KEYS = ("tools.enabled", "reward.bonus_tools")
-"""List fields whose items must be tool names (`tool_names()`, known only once tools/ is imported)."""
-
-
 def _check_values(cfg: Config) -> None:
     """Refuse the loaded config if a field is outside its domain or a rule between fields fails,
     naming every such key at once."""
     errors = _domain_errors(cfg, Config) or _cross_field_errors(cfg)
     if errors:
         raise ConfigError("; ".join(errors))
-    for dotted in TOOL_LIST_KEYS:
-        unknown = [name for name in OmegaConf.select(cfg, dotted) if name not in tool_names()]
-        if unknown:
-            raise ConfigError(f"{dotted}: unknown tools {unknown}; the tools are: "
-                              f"{', '.join(tool_names())}")
 
 
 SINGLE_PATH_KEYS = ("data.train_files", "data.test_files", "run.eval_files")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from zoomrl.types import Sample
+from core.types import Sample
 
 
 @dataclass

@@ -10,7 +10,7 @@ PR_SET_PDEATHSIG), but only the child can ask for it, after it started; vLLM loa
 where `die_with_parent` runs. SIGTERM is vLLM's own shutdown: the core stops its workers and
 frees its shared memory.
 
-`register_weight_transfer` adds the shared-memory backend of `zoomrl.weight_transfer` to vLLM's
+`register_weight_transfer` adds the shared-memory backend of `core.weight_transfer` to vLLM's
 registry of weight-transfer engines, in the worker processes where vLLM looks it up by name.
 
 This module imports only the standard library (vLLM's modules inside the function that needs
@@ -43,17 +43,17 @@ def die_with_parent() -> None:
 
 
 def register_weight_transfer() -> None:
-    """Register `zoomrl.weight_transfer.BACKEND` (imported when an engine first uses it). vLLM may
+    """Register `core.weight_transfer.BACKEND` (imported when an engine first uses it). vLLM may
     load plugins more than once in a process: a second call does nothing."""
     from vllm.distributed.weight_transfer.factory import WeightTransferEngineFactory
 
-    from zoomrl.weight_transfer import BACKEND
+    from core.weight_transfer import BACKEND
 
     if BACKEND not in WeightTransferEngineFactory._registry:  # no public "is registered" query
-        WeightTransferEngineFactory.register_engine(BACKEND, "zoomrl.weight_transfer",
+        WeightTransferEngineFactory.register_engine(BACKEND, "core.weight_transfer",
                                                     "SharedMemoryWeightTransferEngine")
-    from zoomrl.collective_transfer import BACKEND as BROADCAST  # the broadcast weight sync
+    from core.collective_transfer import BACKEND as BROADCAST  # the broadcast weight sync
 
     if BROADCAST not in WeightTransferEngineFactory._registry:
-        WeightTransferEngineFactory.register_engine(BROADCAST, "zoomrl.collective_transfer",
+        WeightTransferEngineFactory.register_engine(BROADCAST, "core.collective_transfer",
                                                     "BroadcastWeightTransferEngine")

@@ -37,10 +37,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
-from rewards.choices import choice_index
-from zoomrl.images import ImageError, decode_image
-from zoomrl.options import OPTION_LETTERS, option_blocks, render_options, text_before_options
-from zoomrl.types import Sample
+from core.choices import choice_index
+from core.images import ImageError, decode_image
+from core.options import OPTION_LETTERS, option_blocks, render_options, text_before_options
+from core.types import Sample
 
 REQUIRED_COLUMNS = ("data_source", "prompt", "images", "reward_model")
 IMAGE_PLACEHOLDER = "<image>"

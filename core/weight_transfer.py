@@ -7,7 +7,7 @@ vLLM 0.32 updates weights in place through its weight-transfer API: the engine i
 worker (`collective_rpc`), where the backend's `WeightTransferEngine` receives the tensors and
 hands them to `model.load_weights` inside vLLM's layerwise reload (which re-runs the CPU
 linear layers' repacking). vLLM ships NCCL, CUDA IPC and RDMA backends; none runs on a CPU.
-This one, registered as `BACKEND` by `zoomrl.vllm_plugin.register_weight_transfer` in every
+This one, registered as `BACKEND` by `core.vllm_plugin.register_weight_transfer` in every
 vLLM process, reads a buffer the engine's owner (actors/engine.py) wrote: a file in /dev/shm,
 mapped by both processes. Each update names the file and where each tensor lies in it; the
 worker keeps its mapping between updates, so the owner can unlink the file after the first
@@ -32,7 +32,7 @@ from vllm.distributed.weight_transfer.base import (
     WeightTransferUpdateInfo,
 )
 
-from zoomrl.weight_group import ALIGN  # the broadcast's buckets are laid out alike
+from core.weight_group import ALIGN  # the broadcast's buckets are laid out alike
 
 BACKEND = "zoomrl_shm"
 

@@ -13,7 +13,7 @@ import numpy as np
 
 @dataclass
 class Sample:
-    """One prompt row (the DeepEyes release format, read by `zoomrl.data`)."""
+    """One prompt row (the DeepEyes release format, read by `core.data`)."""
 
     id: str
     """'<file stem>:<row>' for file data; stable across runs."""

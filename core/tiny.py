@@ -1,10 +1,11 @@
 """A tiny Qwen2.5-VL built from config alone: real transformers classes, random weights.
 
-`ensure_model(cfg.model)` returns a path for every component to load from, tiny or 7B alike:
-for `model.path == "tiny"` it builds (once, cached under `model.cache_dir`) a Hugging Face folder
-with a seeded random `Qwen2_5_VLForConditionalGeneration`, a byte-level BPE tokenizer trained
-locally with the `tokenizers` library (every Qwen2.5-VL special token plus our tags), the
-Qwen2.5-VL image processor, a video processor and a Qwen-style chat template.
+`zoomrl.run_setup.ensure_model(cfg.model)` returns a path for every component to load from, tiny
+or 7B alike: for `model.path == "tiny"` it builds (`ensure_tiny_model`, once, cached under
+`model.cache_dir`) a Hugging Face folder with a seeded random
+`Qwen2_5_VLForConditionalGeneration`, a byte-level BPE tokenizer trained locally with the
+`tokenizers` library (every Qwen2.5-VL special token plus our tags), the Qwen2.5-VL image
+processor, a video processor and a Qwen-style chat template.
 
 About torchvision: transformers' Qwen2.5-VL processor insists on a video processor, which
 needs torchvision; vLLM's Qwen2-VL module imports torchvision too. PyPI's torchvision for our
@@ -24,7 +25,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from zoomrl.config import ModelConfig, SynthConfig, TinyModelConfig
+from core.config import ModelConfig, TinyModelConfig
 
 TINY_FORMAT = 1  # bump when the folder layout or tokenizer corpus changes (invalidates caches)
 
@@ -56,7 +57,7 @@ CHAT_TEMPLATE = (  # Qwen2.5-VL's chat format; newlines are jinja string escapes
 
 def _tokenizer_corpus() -> list[str]:
     """Text the BPE merges are learned from: our conversation format and question vocabulary."""
-    from zoomrl.synth import COLORS, POSITIONS, SHAPES
+    from core.synth import COLORS, POSITIONS, SHAPES
 
     words = list(COLORS) + list(SHAPES) + list(POSITIONS)
     lines = [
@@ -212,18 +213,9 @@ def build_tiny_model(model_cfg: ModelConfig, out_dir: Path) -> Path:
     return save_folder(out_dir, model, processor, tokenizer)
 
 
-def ensure_model(model_cfg: ModelConfig, synth: SynthConfig | None = None) -> str:
-    """Path (folder or hub id) to load the policy from; builds the tiny model or the tiny base
-    if needed. The tiny base is pretrained on the synthetic scenes `synth` describes."""
-    if model_cfg.path == "tiny-base":
-        from zoomrl.tiny_base import ensure_base
-
-        if synth is None:
-            raise ValueError("model.path=tiny-base needs the data.synth settings it is pretrained for")
-        return str(ensure_base(model_cfg, synth))
-    if model_cfg.path != "tiny":
-        return model_cfg.path
+def ensure_tiny_model(model_cfg: ModelConfig) -> Path:
+    """The tiny model's folder for `model_cfg`, built on first use and cached."""
     out_dir = tiny_model_dir(model_cfg)
     if not (out_dir / "config.json").is_file():
         build_tiny_model(model_cfg, out_dir)
-    return str(out_dir)
+    return out_dir

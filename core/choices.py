@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from rewards.normalize import normalize
+from core.normalize import normalize
 
 LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 _PREFIX = re.compile(r"^(?:the\s+)?(?:correct\s+)?(?:answer|option|choice)(?:\s+is)?\s*[:\-]?\s*",

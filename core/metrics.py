@@ -15,7 +15,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
 
-from zoomrl.config import ConfigError
+from core.config import ConfigError
 
 
 @dataclass(frozen=True)
@@ -120,7 +120,7 @@ class DriverMetrics:
         """Set gauges to this step's values; add counters' increments. Unknown names are an error."""
         for name, value in figures.items():
             if name not in METRICS_BY_NAME:
-                raise KeyError(f"metric '{name}' is not defined in zoomrl.metrics.METRICS")
+                raise KeyError(f"metric '{name}' is not defined in core.metrics.METRICS")
             metric = self._metrics[name]
             if isinstance(metric, Counter):
                 metric.inc(value)

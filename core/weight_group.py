@@ -18,7 +18,7 @@ full shape, in the sender's order) into consecutive buckets of at most `bucket_b
 larger than that travels alone), each tensor starting on an `ALIGN`-byte boundary, so that
 sender and receivers split the stream identically from the same list. `receive_buckets` is the
 receiving loop; the sender is learner/broadcast.py, the vLLM worker's side
-zoomrl/collective_transfer.py.
+core/collective_transfer.py.
 
 Imports torch only (vLLM's NCCL communicator inside the function that builds it): the learner
 and vLLM's workers both load it.

@@ -29,10 +29,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from zoomrl.config import field_problem
-from zoomrl.data import multiple_choice_prompt, write_samples
-from zoomrl.images import encode_png
-from zoomrl.types import Sample
+from core.config import field_problem
+from core.data import multiple_choice_prompt, write_samples
+from core.images import encode_png
+from core.types import Sample
 
 COLORS: dict[str, tuple[int, int, int]] = {
     "red": (215, 35, 35), "green": (30, 160, 60), "blue": (35, 75, 215), "yellow": (240, 205, 25),

@@ -1,0 +1,9 @@
+"""The ground floor: what every part of zoomrl shares, importing none of them.
+
+The config and its presets, the records a run passes around (`types`), images and tensors, the
+data readers and the synthetic set, the tiny model, the prompt stream, the metric registry, and the
+weight-sync wire (the process group and vLLM's transfer backends, shared by the learner and the
+engines). Above it: tools/, rewards/ and learner/ (none imports another), then actors/, then the
+run (zoomrl/: driver, CLI, eval, curate). `make lint` checks the direction (lint-imports; the
+contract is in pyproject.toml).
+"""
