@@ -46,9 +46,9 @@ from PIL import Image
 from core.config import Config
 
 if TYPE_CHECKING:
+    from core.tensors import RankShards
     from core.weight_group import GroupSpec, TensorSpec
     from core.weight_transfer import Layout
-    from learner.weights import RankShards
 
 TOOL_CALL_STOP = "</tool_call>"
 TURN_END = "<|im_end|>"
@@ -163,7 +163,7 @@ class VLLMEngine:
 
     async def load_weights(self, weights: dict[str, torch.Tensor] | list[RankShards]) -> dict[str, float]:
         """Replace the weights in place and drop every cache computed with the old ones. weights:
-        a state dict (HF names), or every learner rank's part of one (`learner.weights`). Returns
+        a state dict (HF names), or every learner rank's part of one (`core.tensors.RankShards`). Returns
         the seconds of each phase: hand_off_s (writing the shared buffer), engine_load_s (vLLM's
         worker loading from it), cache_reset_s."""
         from vllm.distributed.weight_transfer.base import WeightTransferUpdateRequest

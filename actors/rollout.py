@@ -66,7 +66,7 @@ class PolicyWeights:
 
     version: int
     ref: ray.ObjectRef | None
-    """ObjectRef of the weights (`learner.weights.WeightsRef.ref`: the list of the ranks' parts'
+    """ObjectRef of the weights (`core.tensors.WeightsRef.ref`: the list of the ranks' parts'
     ObjectRefs). Inside this record Ray passes it on unfetched: the call does not wait for it, and
     the actor fetches it only to load it itself. None under the broadcast weight sync: the version
     comes through `receive_weights`, and the group waits for it."""
@@ -195,7 +195,7 @@ class RolloutWorker:
                              weights: list[ray.ObjectRef] | PackedTensors | dict[str, torch.Tensor]) -> int:
         """Load weights of policy `version` (HF names) unless this version or a newer one is loaded
         already; returns the version now loaded. weights: as the learner publishes them (the
-        ObjectRefs of every rank's part, `learner.weights`; read from the object store without a
+        ObjectRefs of every rank's part, `core.tensors.RankShards`; read from the object store without a
         copy), packed, or a plain state dict."""
         with self._engine_death_is_fatal():
             await self._load(version, weights)

@@ -2,8 +2,9 @@
 
 The config and its presets, the records a run passes around (`types`), images and tensors, the
 data readers and the synthetic set, the tiny model, the prompt stream, the metric registry, and the
-weight-sync wire (the process group and vLLM's transfer backends, shared by the learner and the
-engines). Above it: tools/, rewards/ and learner/ (none imports another), then actors/, then the
-run (zoomrl/: driver, CLI, eval, curate). `make lint` checks the direction (lint-imports; the
+weight-sync wire (the published weights' records, the process group and vLLM's transfer
+backends, shared by the learner and the engines). Above it: tools/ and rewards/, then actors/ and
+learner/ (the packages of one level import none of each other), then the run (zoomrl/: driver,
+CLI, eval, curate). `make lint` checks the direction (lint-imports; the
 contract is in pyproject.toml).
 """

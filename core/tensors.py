@@ -6,6 +6,10 @@ of it in every reader. For the published weights that was 2.2 of 3.3 s per sync 
 model here (`python -m bench weight_sync`). bfloat16 has no numpy dtype, so each tensor travels as
 its bytes plus its dtype and shape; a tensor listed under several names (tied embeddings) travels
 once.
+
+The published weights are one `RankShards` per learner rank (its FSDP2 rows of every tensor,
+learner/weights.py makes them), named by a `WeightsRef`; `assemble` puts the full state dict
+together. The learner writes these records and the rollout engines read them, so they live here.
 """
 
 from __future__ import annotations
@@ -58,3 +62,47 @@ def unpack(packed: PackedTensors) -> dict[str, Tensor]:
         state = {name: torch.from_numpy(array).view(getattr(torch, packed.dtypes[name]))
                  .reshape(packed.shapes[name]) for name, array in packed.arrays.items()}
     return state | {name: state[original] for name, original in packed.aliases.items()}
+
+
+@dataclass(frozen=True)
+class WeightsRef:
+    """One published policy version."""
+
+    version: int
+    """Policy version (updates done) these weights are."""
+    ref: object
+    """ray.ObjectRef of the list of every rank's ray.ObjectRef of its `RankShards` (CPU, engine
+    dtype, HF names); `assemble` gives the full state dict."""
+
+
+@dataclass(frozen=True)
+class RankShards:
+    """One learner rank's rows of every tensor of the policy, for the object store."""
+
+    packed: PackedTensors
+    """name -> this rank's rows (contiguous, engine dtype); a name this rank holds no rows of is
+    absent. Shapes are the rows' own."""
+    full_shapes: dict[str, tuple[int, ...]]
+    """name -> the full tensor's shape, for every name of the state dict (on every rank)."""
+    row_starts: dict[str, int]
+    """name -> index along dim 0 of this rank's first row in the full tensor."""
+
+    @property
+    def nbytes(self) -> int:
+        return sum(array.nbytes for array in self.packed.arrays.values())
+
+
+def assemble(parts: list[RankShards]) -> dict[str, torch.Tensor]:
+    """The full state dict from every rank's parts (new tensors; for tests and tools: the rollout
+    engines write the parts straight into their load buffer instead)."""
+    dtypes = {name: dtype for part in parts for name, dtype in part.packed.dtypes.items()}
+    full = {name: torch.empty(shape, dtype=getattr(torch, dtypes[name]))
+            for name, shape in parts[0].full_shapes.items() if name in dtypes}
+    for part in parts:
+        for name, array in part.packed.arrays.items():
+            rows = unpack(PackedTensors({name: array}, part.packed.dtypes, part.packed.shapes, {}))[name]
+            start = part.row_starts[name]
+            target = full[name][start:start + rows.shape[0]] if rows.ndim else full[name]  # a scalar: whole
+            target.copy_(rows)
+    aliases = {alias: original for part in parts for alias, original in part.packed.aliases.items()}
+    return full | {alias: full[original] for alias, original in aliases.items()}

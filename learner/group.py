@@ -19,10 +19,10 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from core.config import Config
 from core.progress import Say, quiet
+from core.tensors import WeightsRef
 from core.types import GroupSummary
 from learner.batching import StepShard, make_shards, score_groups
 from learner.checkpoint import TrainerState, latest_checkpoint
-from learner.weights import WeightsRef
 from learner.worker import LearnerWorker
 
 LearnerActor = ray.remote(LearnerWorker)  # the actor is the plain class, nothing added

@@ -24,42 +24,13 @@ route: learner/broadcast.py.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 from torch import nn
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 from torch.distributed.tensor import DTensor, Shard
 
-from core.tensors import PackedTensors, pack, unpack
-
-
-@dataclass(frozen=True)
-class WeightsRef:
-    """One published policy version."""
-
-    version: int
-    """Policy version (updates done) these weights are."""
-    ref: object
-    """ray.ObjectRef of the list of every rank's ray.ObjectRef of its `RankShards` (CPU, engine
-    dtype, HF names); `assemble` gives the full state dict."""
-
-
-@dataclass(frozen=True)
-class RankShards:
-    """One learner rank's rows of every tensor of the policy, for the object store."""
-
-    packed: PackedTensors
-    """name -> this rank's rows (contiguous, engine dtype); a name this rank holds no rows of is
-    absent. Shapes are the rows' own."""
-    full_shapes: dict[str, tuple[int, ...]]
-    """name -> the full tensor's shape, for every name of the state dict (on every rank)."""
-    row_starts: dict[str, int]
-    """name -> index along dim 0 of this rank's first row in the full tensor."""
-
-    @property
-    def nbytes(self) -> int:
-        return sum(array.nbytes for array in self.packed.arrays.values())
+from core.tensors import RankShards, pack
 
 
 def rank_shards(model: nn.Module, dtype: torch.dtype, rank: int, world_size: int) -> RankShards:
@@ -92,19 +63,3 @@ def _dim0_shard_start(tensor: torch.Tensor, rank: int, world_size: int) -> int |
     if tensor.to_local().shape[0] != min(chunk, rows - start):
         return None  # another split than torch.chunk's: gather it rather than misplace rows
     return start
-
-
-def assemble(parts: list[RankShards]) -> dict[str, torch.Tensor]:
-    """The full state dict from every rank's parts (new tensors; for tests and tools: the rollout
-    engines write the parts straight into their load buffer instead)."""
-    dtypes = {name: dtype for part in parts for name, dtype in part.packed.dtypes.items()}
-    full = {name: torch.empty(shape, dtype=getattr(torch, dtypes[name]))
-            for name, shape in parts[0].full_shapes.items() if name in dtypes}
-    for part in parts:
-        for name, array in part.packed.arrays.items():
-            rows = unpack(PackedTensors({name: array}, part.packed.dtypes, part.packed.shapes, {}))[name]
-            start = part.row_starts[name]
-            target = full[name][start:start + rows.shape[0]] if rows.ndim else full[name]  # a scalar: whole
-            target.copy_(rows)
-    aliases = {alias: original for part in parts for alias, original in part.packed.aliases.items()}
-    return full | {alias: full[original] for alias, original in aliases.items()}

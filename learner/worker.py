@@ -32,6 +32,7 @@ from transformers import AutoConfig, AutoImageProcessor
 
 from core.config import Config
 from core.metrics import RayMetrics
+from core.tensors import RankShards
 from core.types import Group
 from core.weight_group import GroupSpec, TensorSpec, WeightGroup, serve_store
 from learner.batching import BatchError, MicroBatch, StepShard, check_trajectory, collate, resolve
@@ -39,7 +40,7 @@ from learner.broadcast import policy_tensors, send_weights, wire_specs
 from learner.checkpoint import TrainerState, load_checkpoint, save_checkpoint
 from learner.grpo import grpo_loss
 from learner.model import load_policy, parallelize, token_logprobs
-from learner.weights import RankShards, rank_shards
+from learner.weights import rank_shards
 
 # Loss statistics summed over micro-batches and ranks. Each is normalized by the step's global
 # counts, so the sums are batch means; "tokens" is the exception (tokens through forward and

@@ -170,7 +170,7 @@ def test_ray_job_scaled_while_it_trains_and_scraped_by_prometheus(ray_head, prom
         def scraped() -> bool:  # driver endpoint and Ray's agents, through service discovery
             return (query(prometheus["url"], "max_over_time(zoomrl_rollout_workers[1h])") == [2.0]
                     and query(prometheus["url"], "zoomrl_accuracy")
-                    and query(prometheus["url"], "ray_zoomrl_queue_depth")
+                    and query(prometheus["url"], "zoomrl_queue_depth")
                     and query(prometheus["url"], "ray_zoomrl_rollout_tokens_per_s"))
         wait_for(scraped, "zoomrl_* and ray_zoomrl_* series in Prometheus", timeout_s=120)
 

@@ -227,14 +227,13 @@ def exported_metric_names() -> set[str]:
     Ray's agent serves with a ray_ prefix)."""
     from actors.rollout import ACTOR_METRICS
     from learner.worker import RANK0_METRICS
-    from zoomrl.queue import QUEUE_METRICS
 
     def series(name: str, kind: str) -> str:
         return prometheus_name(name) + ("_total" if kind == "counter" else "")
 
     driver = {series(m.name, m.kind) for m in METRICS}
     kinds = {m.name: m.kind for m in METRICS}
-    ray_side = {"ray_" + series(n, kinds[n]) for n in [*ACTOR_METRICS, *RANK0_METRICS, *QUEUE_METRICS]}
+    ray_side = {"ray_" + series(n, kinds[n]) for n in [*ACTOR_METRICS, *RANK0_METRICS]}
     return driver | ray_side
 
 

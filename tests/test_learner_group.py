@@ -28,11 +28,11 @@ from trajectories import make_groups
 from transformers import AutoConfig, AutoProcessor, Qwen2_5_VLForConditionalGeneration
 
 from core.config import load_config
+from core.tensors import assemble
 from core.types import Group
 from learner.batching import resolve
 from learner.checkpoint import export_hf, latest_checkpoint
 from learner.group import LearnerGroup
-from learner.weights import assemble
 
 pytestmark = pytest.mark.slow
 

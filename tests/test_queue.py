@@ -1,96 +1,98 @@
-import asyncio
+"""The replay queue: a plain object of the driver holding references to whole scored groups."""
 
 import numpy as np
 import pytest
-from ray_metrics import samples, scrape_ray_metrics
 
-from zoomrl.queue import QueuedGroup, ReplayQueue, ReplayQueueActor
+from zoomrl.queue import QueuedGroup, QueueFull, QueueStats, ReplayQueue
 
 
 def item(i: int, version: int) -> QueuedGroup:
     return QueuedGroup(ref=f"ref-{i}", policy_version=version, group_id=f"g{i}")
 
 
+def balanced(s: QueueStats) -> bool:
+    return s.produced == s.consumed + s.dropped + s.depth
+
+
 def test_whole_groups_in_order_and_counts_add_up():
-    async def run():
-        queue = ReplayQueue(capacity_groups=8, max_staleness=1)
-        for i in range(5):
-            assert await queue.put(item(i, version=0))
-        batch = await queue.get_batch(3, learner_version=0)
-        assert [b.group_id for b in batch] == ["g0", "g1", "g2"]
-        s = queue.stats()
-        assert (s.produced, s.consumed, s.dropped, s.depth) == (5, 3, 0, 2)
-    asyncio.run(run())
+    queue = ReplayQueue(capacity_groups=8, max_staleness=1)
+    for i in range(5):
+        assert queue.put(item(i, version=0))
+    batch = queue.take(3, learner_version=0)
+    assert [b.group_id for b in batch] == ["g0", "g1", "g2"]
+    s = queue.stats()
+    assert (s.produced, s.consumed, s.dropped, s.depth) == (5, 3, 0, 2) and balanced(s)
 
 
-def test_stale_groups_are_dropped_and_counted():
-    async def run():
-        queue = ReplayQueue(capacity_groups=8, max_staleness=1)
-        for i, version in enumerate([0, 1, 2, 2]):
-            await queue.put(item(i, version))
-        batch = await queue.get_batch(2, learner_version=2)
-        assert [b.policy_version for b in batch] == [1, 2]
-        s = queue.stats()
-        assert s.dropped == 1 and s.produced == s.consumed + s.dropped + s.depth
-        assert s.max_staleness_seen == 1
-        assert queue.take_dropped_ids() == ["g0"] and queue.take_dropped_ids() == []
-        assert s.depth == 1
-    asyncio.run(run())
+def test_take_waits_for_a_whole_step():
+    queue = ReplayQueue(capacity_groups=4, max_staleness=1)
+    queue.put(item(0, 0))
+    assert queue.take(2, learner_version=0) is None and queue.stats().depth == 1
+    queue.put(item(1, 0))
+    assert [b.group_id for b in queue.take(2, learner_version=0)] == ["g0", "g1"]
+
+
+def test_stale_groups_are_dropped_counted_and_handed_back():
+    queue = ReplayQueue(capacity_groups=8, max_staleness=1)
+    for i, version in enumerate([0, 1, 2, 2]):
+        queue.put(item(i, version))
+    assert [d.group_id for d in queue.drop_stale(learner_version=2)] == ["g0"]
+    assert queue.drop_stale(learner_version=2) == []
+    batch = queue.take(2, learner_version=2)
+    assert [b.policy_version for b in batch] == [1, 2]
+    s = queue.stats()
+    assert s.dropped == 1 and s.max_staleness_seen == 1 and s.depth == 1 and balanced(s)
 
 
 def test_zero_staleness_is_on_policy_only():
-    async def run():
-        queue = ReplayQueue(capacity_groups=8, max_staleness=0)
-        await queue.put(item(0, 0))
-        await queue.put(item(1, 1))
-        assert [b.group_id for b in await queue.get_batch(1, learner_version=1)] == ["g1"]
-        assert queue.stats().dropped == 1
-    asyncio.run(run())
+    queue = ReplayQueue(capacity_groups=8, max_staleness=0)
+    queue.put(item(0, 0))
+    queue.put(item(1, 1))
+    queue.drop_stale(learner_version=1)
+    assert [b.group_id for b in queue.take(1, learner_version=1)] == ["g1"]
+    assert queue.stats().dropped == 1
 
 
-def test_full_queue_makes_producers_wait():
-    async def run():
-        queue = ReplayQueue(capacity_groups=2, max_staleness=1)
-        await queue.put(item(0, 0))
-        await queue.put(item(1, 0))
-        blocked = asyncio.create_task(queue.put(item(2, 0)))
-        await asyncio.sleep(0.05)
-        assert not blocked.done() and queue.stats().depth == 2
-        await queue.get_batch(1, learner_version=0)
-        assert await asyncio.wait_for(blocked, 1.0)
-        assert queue.stats().depth == 2
-    asyncio.run(run())
+def test_a_full_queue_is_an_error_naming_the_bound():
+    queue = ReplayQueue(capacity_groups=2, max_staleness=1)
+    queue.put(item(0, 0))
+    queue.put(item(1, 0))
+    with pytest.raises(QueueFull, match="2 groups, queue.capacity_groups.*g2"):
+        queue.put(item(2, 0))
+    assert queue.stats().produced == 2
 
 
 def test_duplicate_group_ids_are_refused():
-    async def run():
-        queue = ReplayQueue(capacity_groups=4, max_staleness=1)
-        assert await queue.put(item(0, 0))
-        assert not await queue.put(item(0, 0))
-        assert queue.stats().produced == 1
-    asyncio.run(run())
+    queue = ReplayQueue(capacity_groups=4, max_staleness=1)
+    assert queue.put(item(0, 0))
+    assert not queue.put(item(0, 0))
+    assert queue.stats().produced == 1
 
 
-def test_get_batch_waits_then_times_out_with_what_is_there():
-    async def run():
-        queue = ReplayQueue(capacity_groups=4, max_staleness=1)
-        await queue.put(item(0, 0))
-        batch = await queue.get_batch(2, learner_version=0, timeout_s=0.1)
-        assert len(batch) == 1
-    asyncio.run(run())
+def test_a_resumed_queue_counts_on_from_the_checkpoint():
+    queue = ReplayQueue(capacity_groups=8, max_staleness=1)
+    for i in range(4):
+        queue.put(item(i, 0))
+    queue.take(2, learner_version=0)
+    queue.put(item(4, 0))
+    queue.drop_stale(learner_version=2)  # the three left are too stale
+    queue.put(item(5, 2))
+    carried = queue.resume_stats()  # g5 is queued: pending at the checkpoint, not counted
+    assert carried == QueueStats(produced=5, consumed=2, dropped=3, depth=0, max_staleness_seen=0)
+    resumed = ReplayQueue(capacity_groups=8, max_staleness=1, carried=carried)
+    resumed.put(item(5, 2))  # requested again after the resume
+    resumed.take(1, learner_version=2)
+    s = resumed.stats()
+    assert (s.produced, s.consumed, s.dropped, s.depth) == (6, 3, 3, 0) and balanced(s)
 
 
 @pytest.mark.slow
-def test_actor_holds_references_not_copies(ray_cluster):
+def test_the_queue_holds_references_not_copies(ray_cluster):
     ray = ray_cluster
-    queue = ReplayQueueActor.remote(capacity_groups=4, max_staleness=1)
+    queue = ReplayQueue(capacity_groups=4, max_staleness=1)
     payload = np.arange(1_000_000, dtype=np.float32)
     ref = ray.put(payload)
-    assert ray.get(queue.put.remote(QueuedGroup(ref=ref, policy_version=0, group_id="g0")))
-    [got] = ray.get(queue.get_batch.remote(1, learner_version=0))
+    assert queue.put(QueuedGroup(ref=ref, policy_version=0, group_id="g0"))
+    [got] = queue.take(1, learner_version=0)
     assert isinstance(got.ref, ray.ObjectRef) and got.ref == ref
     np.testing.assert_array_equal(ray.get(got.ref), payload)
-    stats = ray.get(queue.stats.remote())
-    assert (stats.produced, stats.consumed, stats.depth) == (1, 1, 0)
-    assert samples(scrape_ray_metrics("zoomrl_queue_depth"), "zoomrl_queue_depth")
-    ray.kill(queue)

@@ -22,7 +22,7 @@ from transformers import Qwen2_5_VLForConditionalGeneration
 
 from core.data import read_samples
 from core.tensors import pack
-from zoomrl.queue import QueuedGroup, ReplayQueueActor
+from zoomrl.queue import QueuedGroup, ReplayQueue
 from zoomrl.rollout_pool import FinishedGroup, RolloutPool
 
 pytestmark = pytest.mark.slow
@@ -107,13 +107,12 @@ def check_each_once(finished: list[FinishedGroup], group_ids: list[str], version
     assert sorted(done.info.group_id for done in finished) == sorted(group_ids)
     assert [done.info.policy_version for done in finished] == [version] * len(group_ids)
     assert all(len(ray.get(done.ref).trajectories) == 4 for done in finished)
-    queue = ReplayQueueActor.remote(8, 1)
+    queue = ReplayQueue(8, 1)
     for done in finished:
-        assert ray.get(queue.put.remote(QueuedGroup(done.ref, version, done.info.group_id)))
+        assert queue.put(QueuedGroup(done.ref, version, done.info.group_id))
     # a duplicate of a group id already queued is refused, never counted twice
-    assert not ray.get(queue.put.remote(QueuedGroup(finished[0].ref, version, finished[0].info.group_id)))
-    assert ray.get(queue.stats.remote()).produced == len(group_ids)
-    ray.kill(queue)
+    assert not queue.put(QueuedGroup(finished[0].ref, version, finished[0].info.group_id))
+    assert queue.stats().produced == len(group_ids)
 
 
 def test_weights_that_arrive_late_still_come_before_the_groups_requested_after_them(pool, weights, samples):

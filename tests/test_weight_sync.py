@@ -10,9 +10,8 @@ import pytest
 import torch
 
 from actors.engine import _layout, _WeightsBuffer
-from core.tensors import pack
+from core.tensors import RankShards, assemble, pack
 from core.weight_transfer import ALIGN
-from learner.weights import RankShards, assemble
 
 
 def state_dict() -> dict[str, torch.Tensor]:

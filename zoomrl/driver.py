@@ -4,7 +4,7 @@ One loop in the driver process, which only hands references around; the work hap
 
     prompt stream -> RolloutPool.submit          (rollout actors generate + score, asynchronously)
     RolloutPool.poll -> ReplayQueue.put          (ObjectRefs of scored groups, never the data)
-    ReplayQueue.get_batch -> LearnerGroup.train_step -> the weights to the engines
+    ReplayQueue.take -> LearnerGroup.train_step  -> the weights to the engines
                                  (publish_weights -> RolloutPool.update_weights: object store;
                                   RolloutPool.broadcast_weights: nccl | gloo)
 
@@ -18,8 +18,8 @@ While the learner trains, the actors keep generating the groups already requeste
 bounded twice. Requests: the groups of step k are only requested once the engines were sent
 version >= k - max_staleness (so max_staleness 0 is the synchronous generate -> train -> sync
 schedule, and 1 generates the next batch while the current one trains). Consumption: the queue
-drops any group more than max_staleness versions behind the learner; the driver requests a
-replacement for each one dropped.
+(zoomrl/queue.py, a plain object of this process) drops any group more than max_staleness
+versions behind the learner; the driver requests a replacement for each one dropped.
 
 The number of rollout actors can change while the run goes (`zoomrl scale`, zoomrl/control.py):
 the loop reads the wanted number about once a second and resizes the pool without waiting.
@@ -58,7 +58,7 @@ from zoomrl.broadcast_sync import broadcast_sync
 from zoomrl.cluster import start_ray
 from zoomrl.control import PoolStatus, start_control
 from zoomrl.figures import step_figures
-from zoomrl.queue import QueuedGroup, QueueStats, ReplayQueueActor
+from zoomrl.queue import QueuedGroup, QueueStats, ReplayQueue
 from zoomrl.records import ImageStore, trajectory_record
 from zoomrl.rollout_pool import FinishedGroup, RolloutPool
 from zoomrl.run_setup import new_run_dir, prepare_inputs, set_aside_rows_after
@@ -100,25 +100,21 @@ class Driver:
         self.checkpoint_dir = self.run_dir / "checkpoints"
         self.images = ImageStore(self.run_dir)
         self.ray_info = start_ray(cfg, say)
-        self.queue = ReplayQueueActor.remote(cfg.queue.capacity_groups, cfg.queue.max_staleness)
         self.learner = LearnerGroup(cfg, inputs.model_path, say)
-        # Counters over the whole run, resumes included: groups the queue dropped as too stale,
-        # groups requested again after a judge failure, and the queue's own (a fresh queue
-        # counts from 0; `queue_carried` is where the checkpoint left them).
-        position, pending, self.dropped_groups, self.judge_reissued = StreamPosition(), [], 0, 0
-        self.queue_carried = QueueStats(0, 0, 0, 0, 0)
+        # Counters over the whole run, resumes included: the queue's (trained, dropped as too
+        # stale) and the groups requested again after a judge failure.
+        position, pending, self.judge_reissued, queue_carried = StreamPosition(), [], 0, None
         if resume:
             state = self.learner.load_latest_checkpoint(self.checkpoint_dir)
             say(f"checkpoint of step {self.learner.step} loaded")
             position = StreamPosition(**state.extra["stream"])
             pending = [(self.samples[sample_id], group_id) for sample_id, group_id in state.extra["pending"]]
-            self.dropped_groups = state.extra.get("dropped_groups", 0)
             self.judge_reissued = state.extra.get("judge_reissued_groups", 0)
-            if "queue" in state.extra:
-                self.queue_carried = QueueStats(**state.extra["queue"])
+            queue_carried = QueueStats(**state.extra["queue"]) if "queue" in state.extra else None
             for moved in set_aside_rows_after(self.run_dir, self.learner.step):
                 print(f"resume: rows past step {self.learner.step} moved to {moved}", flush=True)
             save_config(cfg, self.run_dir / "config.yaml")  # the overrides of this resume
+        self.queue = ReplayQueue(cfg.queue.capacity_groups, cfg.queue.max_staleness, queue_carried)
         self.step = self.learner.step
         self.stream = PromptStream(list(self.samples.values()), cfg.data.shuffle, cfg.data.seed, position)
         self.retry: list[tuple[Sample, str]] = pending
@@ -138,9 +134,8 @@ class Driver:
         self.stop_requested = False
         self.checkpointed_step = self.step
         self.rollout_tokens, self.last_step_time = 0, time.perf_counter()
-        self.metrics.carry_totals({"dropped_groups": self.queue_carried.dropped,
+        self.metrics.carry_totals({"dropped_groups": self.queue.dropped,
                                    "judge_reissued_groups": self.judge_reissued})
-        self.trained_groups = self.queue_carried.consumed
         self.judge_retries: dict[str, int] = {}
         """group id -> times it was requested again after a judge failure (until it comes back)."""
         self.judge_waiting: list[JudgeWait] = []
@@ -181,8 +176,7 @@ class Driver:
         self.rollout_tokens += done.info.response_tokens
         self.summaries[done.info.group_id] = done.info.summary
         self.judge_retries.pop(done.info.group_id, None)
-        queued = QueuedGroup(done.ref, done.info.policy_version, done.info.group_id)
-        ray.get(self.queue.put.remote(queued))
+        self.queue.put(QueuedGroup(done.ref, done.info.policy_version, done.info.group_id))
 
     def _judge_failed(self, sample: Sample, group_id: str, error: Exception) -> None:
         """Request the group again after a backoff, or mark the run to stop when this group has
@@ -203,10 +197,12 @@ class Driver:
               f"({retries + 1}/{judge.group_retries})", flush=True)
 
     def _forget_dropped(self) -> None:
-        for group_id in ray.get(self.queue.take_dropped_ids.remote()):
-            self.outstanding.pop(group_id, None)
-            self.summaries.pop(group_id, None)
-            self.dropped_groups += 1
+        """Drop the queued groups too stale for the learner's version; their steps get replacements
+        from _request_groups. The queue's depth goes to the endpoint on the way."""
+        for item in self.queue.drop_stale(self.step):
+            self.outstanding.pop(item.group_id, None)
+            self.summaries.pop(item.group_id, None)
+        self.metrics.record({"queue_depth": float(self.queue.stats().depth)})
 
     def _follow_control(self) -> None:
         """Act on `zoomrl scale` / `zoomrl stop` requests, and report what the pool holds."""
@@ -227,7 +223,6 @@ class Driver:
         groups = [self.summaries.pop(item.group_id) for item in batch]
         for item in batch:
             self.outstanding.pop(item.group_id, None)
-        self.trained_groups += len(batch)
         learner_figures = self.learner.train_step([item.ref for item in batch], groups)
         version = self.learner.step
         sync_start = time.perf_counter()
@@ -235,7 +230,7 @@ class Driver:
             self._send_weights(version, wait=False)
             self.sent_version = version
         sync_s = time.perf_counter() - sync_start
-        queue_stats = self._queue_stats()
+        queue_stats = self.queue.stats()
         now = time.perf_counter()
         figures = step_figures(groups, self.step, self.cfg.reward)  # staleness against the pre-update version
         figures.update({k: v for k, v in learner_figures.items() if k in METRICS_BY_NAME})
@@ -305,28 +300,18 @@ class Driver:
         """Save the learner with the data position: the stream, and every group requested but not
         trained on (queued, in flight or waiting to be re-requested), which a resume re-requests.
         Every group the stream issued is then trained, dropped as stale, or pending."""
-        self._forget_dropped()  # the queue may have dropped groups since the last collect
+        self._forget_dropped()  # groups the new version leaves too stale are not pending
         pending = [(sample.id, group_id) for sample, group_id in self.retry]
         pending += [(sample_id, group_id) for group_id, sample_id in self.outstanding.items()]
-        # The queue counters a resume starts from: groups trained and dropped. Groups still queued,
-        # or taken for a step that never ran, are pending and counted when they come back.
-        queue = QueueStats(self.trained_groups + self.dropped_groups, self.trained_groups,
-                           self.dropped_groups, 0, self._queue_stats().max_staleness_seen)
+        queue = self.queue.resume_stats()  # groups still queued are pending: counted when they come back
         extra = {"stream": asdict(self.stream.position), "pending": pending,
-                 "dropped_groups": self.dropped_groups, "judge_reissued_groups": self.judge_reissued,
+                 "dropped_groups": queue.dropped, "judge_reissued_groups": self.judge_reissued,
                  "queue": asdict(queue)}
         path = self.learner.save_checkpoint(self.checkpoint_dir, self.step, extra)
         self.checkpointed_step = self.step
         keep = self.cfg.run.keep_checkpoints
         for removed in remove_old_checkpoints(self.checkpoint_dir, keep, path):
             print(f"checkpoint: removed {removed.name} (run.keep_checkpoints={keep})", flush=True)
-
-    def _queue_stats(self) -> QueueStats:
-        """The queue's counters over the whole run: this process's queue plus the checkpoint's."""
-        now, carried = ray.get(self.queue.stats.remote()), self.queue_carried
-        return QueueStats(carried.produced + now.produced, carried.consumed + now.consumed,
-                          carried.dropped + now.dropped, now.depth,
-                          max(carried.max_staleness_seen, now.max_staleness_seen))
 
     # ---- the run ----
     def run(self, on_step: Callable[[dict], None] = lambda figures: None) -> dict:
@@ -336,16 +321,13 @@ class Driver:
             self._request_groups()
             self.say(f"step {self.step + 1} requested ({len(self.outstanding)} groups of "
                      f"{self.cfg.rollout.n} in flight)")
-        batch_ref = None
         while self.step < self.cfg.run.total_steps and not self.stop_requested and not self.judge_down:
             self._follow_control()
             self._request_groups()
-            self._collect(timeout_s=0.05)
-            if batch_ref is None:
-                batch_ref = self.queue.get_batch.remote(self.cfg.learner.prompts_per_step, self.step)
-            if ray.wait([batch_ref], timeout=0)[0]:
-                on_step(self._train(ray.get(batch_ref)))
-                batch_ref = None
+            self._collect(timeout_s=0.05)  # stale groups dropped on the way
+            batch = self.queue.take(self.cfg.learner.prompts_per_step, self.step)
+            if batch is not None:
+                on_step(self._train(batch))
         if self.checkpointed_step != self.step:
             self._checkpoint()
         if self.judge_down:

@@ -1,26 +1,26 @@
-"""The replay queue between rollout actors and the learner: ObjectRefs of whole scored groups.
+"""The replay queue between rollout and learner: references to whole scored groups, in the driver.
 
-The queue never holds the data itself, only references into Ray's object store, each stamped
-with the policy version that produced the group. It is bounded: a producer's `put` waits while
-the queue is full (back-pressure, so rollout actors cannot run arbitrarily far ahead). The learner
-takes whole groups; groups more than `max_staleness` versions behind the learner are dropped and
-counted. With `max_staleness=0` only groups of the current policy are trained on (synchronous).
+The queue never holds the data, only ObjectRefs into Ray's object store (a group stays there
+until the learner ranks fetch it), each stamped with the policy version that produced it. The
+driver is its only producer and only consumer, so it is a plain object the driver owns: a group
+goes in when the rollout pool hands it over, a step's groups come out once enough are queued.
+Groups more than `max_staleness` versions behind the learner are dropped, counted and handed back
+(the driver requests a replacement for each). With `max_staleness=0` only groups of the current
+policy are trained on (synchronous).
 
-Invariant, checked by tests and exposed in `stats()`: produced = consumed + dropped + depth.
+The bound: the driver requests at most `learner.prompts_per_step * (max_staleness + 1)` groups
+ahead of the learner, which `queue.capacity_groups` must cover (a config rule), so a put into a
+full queue means that accounting broke, and raises.
+
+Counts over the whole run, resumes included: produced = consumed + dropped + depth (tests check
+it, `stats()` shows it).
 """
 
 from __future__ import annotations
 
-import asyncio
 from collections import deque
 from dataclasses import dataclass
 from typing import Any
-
-import ray
-
-from core.metrics import RayMetrics
-
-QUEUE_METRICS = ["queue_depth"]  # reported through ray.util.metrics on every put and take
 
 
 @dataclass
@@ -37,6 +37,8 @@ class QueuedGroup:
 
 @dataclass
 class QueueStats:
+    """The queue's counts over the whole run (a resumed run starts from its checkpoint's)."""
+
     produced: int
     consumed: int
     dropped: int
@@ -44,87 +46,62 @@ class QueueStats:
     max_staleness_seen: int
 
 
-class ReplayQueue:
-    """Bounded, staleness-aware FIFO of group references. Plain class; `ReplayQueueActor` wraps it."""
+class QueueFull(RuntimeError):
+    """A group arrived while the queue held `capacity_groups`: the request bound did not hold."""
 
-    def __init__(self, capacity_groups: int, max_staleness: int):
+
+class ReplayQueue:
+    """Bounded, staleness-aware FIFO of group references."""
+
+    def __init__(self, capacity_groups: int, max_staleness: int, carried: QueueStats | None = None):
+        """carried: the counts a resumed run starts from (`resume_stats()` of the checkpoint)."""
         self.capacity = capacity_groups
         self.max_staleness = max_staleness
         self._items: deque[QueuedGroup] = deque()
         self._seen_ids: set[str] = set()
-        self._space = asyncio.Condition()
-        self._ready = asyncio.Condition()
-        self.produced = self.consumed = self.dropped = 0
-        self._dropped_ids: list[str] = []
-        self.max_staleness_seen = 0
-        # Inside Ray (the actor), the depth also goes to Ray's metrics (dashboard, Prometheus).
-        self._metrics = RayMetrics(QUEUE_METRICS) if ray.is_initialized() else None
+        carried = carried or QueueStats(0, 0, 0, 0, 0)
+        self.produced, self.consumed, self.dropped = carried.produced, carried.consumed, carried.dropped
+        self.max_staleness_seen = carried.max_staleness_seen
 
-    def _report_depth(self) -> None:
-        if self._metrics is not None:
-            self._metrics.record({"queue_depth": float(len(self._items))})
-
-    async def put(self, item: QueuedGroup) -> bool:
-        """Add a group, waiting while the queue is full. False if this group id was seen before."""
+    def put(self, item: QueuedGroup) -> bool:
+        """Add a group; False if this group id was seen before (re-issued work that came back twice)."""
         if item.group_id in self._seen_ids:
             return False
-        async with self._space:
-            await self._space.wait_for(lambda: len(self._items) < self.capacity)
-            self._seen_ids.add(item.group_id)
-            self._items.append(item)
-            self.produced += 1
-            self._report_depth()
-        async with self._ready:
-            self._ready.notify_all()
+        if len(self._items) >= self.capacity:
+            raise QueueFull(f"replay queue full ({self.capacity} groups, queue.capacity_groups) when group "
+                            f"{item.group_id} arrived: more groups were requested than the staleness "
+                            f"bound allows")
+        self._seen_ids.add(item.group_id)
+        self._items.append(item)
+        self.produced += 1
         return True
 
-    def _drop_stale(self, learner_version: int) -> None:
-        kept = deque()
+    def drop_stale(self, learner_version: int) -> list[QueuedGroup]:
+        """Remove, count and return the groups more than max_staleness versions behind the learner."""
+        kept, stale = deque(), []
         for item in self._items:
-            if learner_version - item.policy_version > self.max_staleness:
-                self.dropped += 1
-                self._dropped_ids.append(item.group_id)
-            else:
-                kept.append(item)
+            (stale if learner_version - item.policy_version > self.max_staleness else kept).append(item)
         self._items = kept
+        self.dropped += len(stale)
+        return stale
 
-    async def get_batch(self, num_groups: int, learner_version: int,
-                        timeout_s: float | None = None) -> list[QueuedGroup]:
-        """Take `num_groups` whole groups fresh enough for the learner at `learner_version`.
-
-        Waits until enough fresh groups are queued (or `timeout_s` passes: then returns what is
-        there, possibly fewer). Stale groups found on the way are dropped and counted.
-        """
-        def fresh_enough() -> bool:
-            self._drop_stale(learner_version)
-            return len(self._items) >= num_groups
-
-        async def enough() -> None:
-            async with self._ready:
-                await self._ready.wait_for(fresh_enough)
-        try:
-            await asyncio.wait_for(enough(), timeout_s)
-        except TimeoutError:
-            pass
-        self._drop_stale(learner_version)
-        batch = [self._items.popleft() for _ in range(min(num_groups, len(self._items)))]
-        for item in batch:
-            self.max_staleness_seen = max(self.max_staleness_seen, learner_version - item.policy_version)
-        self.consumed += len(batch)
-        self._report_depth()
-        async with self._space:
-            self._space.notify_all()
+    def take(self, num_groups: int, learner_version: int) -> list[QueuedGroup] | None:
+        """The oldest `num_groups` groups for the learner at `learner_version`, or None while fewer
+        are queued. Call `drop_stale` first: this takes what is there."""
+        if len(self._items) < num_groups:
+            return None
+        batch = [self._items.popleft() for _ in range(num_groups)]
+        self.consumed += num_groups
+        self.max_staleness_seen = max([self.max_staleness_seen]
+                                      + [learner_version - item.policy_version for item in batch])
         return batch
-
-    def take_dropped_ids(self) -> list[str]:
-        """Ids of the groups dropped since the last call (the driver requests replacements)."""
-        ids, self._dropped_ids = self._dropped_ids, []
-        return ids
 
     def stats(self) -> QueueStats:
         return QueueStats(self.produced, self.consumed, self.dropped, len(self._items),
                           self.max_staleness_seen)
 
-
-# The queue as an async Ray actor: many producers may wait in `put` while the learner takes.
-ReplayQueueActor = ray.remote(num_cpus=0)(ReplayQueue)
+    def resume_stats(self) -> QueueStats:
+        """The counts a run resumed from a checkpoint taken now starts from: the queued groups are
+        pending there (requested again after the resume), so they count when they come back."""
+        return QueueStats(self.consumed + self.dropped, self.consumed, self.dropped, 0,
+                          self.max_staleness_seen)
