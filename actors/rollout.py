@@ -302,7 +302,7 @@ class RolloutWorker:
         info = GroupInfo(
             group_id=group_id, sample_id=sample.id, policy_version=group.policy_version,
             num_trajectories=len(group.trajectories), reward_mean=float(np.mean(group.rewards)),
-            accuracy=float(np.mean([t.reward_parts.get("acc", 0.0) for t in group.trajectories])),
+            accuracy=float(np.mean([t.reward_parts.acc for t in group.trajectories])),
             response_tokens=sum(t.num_sampled_tokens for t in group.trajectories),
             seconds=time.perf_counter() - start, summary=group.summary())
         if self._metrics is not None:

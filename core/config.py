@@ -330,11 +330,15 @@ class JudgeConfig:
     """Wait before a group is requested again; each later re-request of it waits twice as long."""
 
 
+Gating = Literal["conditional", "unconditional", "none"]
+"""When the tool bonus is paid (rewards/score.py)."""
+
+
 @dataclass
 class RewardConfig:
     """The DeepEyes reward: R = R_acc + R_format + 1[R_acc > 0] * R_tool (gating selectable)."""
 
-    gating: Literal["conditional", "unconditional", "none"] = "conditional"
+    gating: Gating = "conditional"
     """Tool bonus gating: conditional (only when correct) | unconditional | none."""
     weights: dict[str, RewardWeights] = field(
         default_factory=lambda: {
@@ -350,6 +354,10 @@ class RewardConfig:
     active perception, a crop; rotate is its zero-shot inference tool and earns none."""
     judge: JudgeConfig = field(default_factory=JudgeConfig)
     """The optional LLM judge."""
+
+
+LossAggregation = Literal["token-mean", "seq-mean-token-mean"]
+"""How the per-token GRPO loss becomes one number (learner/grpo.py)."""
 
 
 @dataclass
@@ -376,7 +384,7 @@ class LearnerConfig:
     """PPO clip: ratio <= 1 + clip_ratio_high."""
     dual_clip: Annotated[float, Range(gt=1, off=0)] = 3.0
     """Dual-clip bound for negative advantages (0 disables)."""
-    loss_agg: Literal["token-mean", "seq-mean-token-mean"] = "token-mean"
+    loss_agg: LossAggregation = "token-mean"
     """Loss aggregation: over all tokens, or per trajectory then over trajectories."""
     kl_coef: Annotated[float, Range(ge=0)] = 0.0
     """KL penalty to a reference model (k3); 0 means no reference model is built."""

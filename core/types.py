@@ -61,15 +61,64 @@ class ToolCallRecord:
         return not self.error
 
 
-END_REASONS = (
-    "answer",             # the turn held an <answer>
-    "no_tool_call",       # the turn ended without a call or an answer
-    "max_tool_calls",     # the call budget was spent
-    "max_response_tokens",  # the generated-token budget was spent
-    "max_tokens_per_turn",  # a turn hit its token limit without a call or an answer
-    "max_images",         # the image budget was spent
-    "max_model_len",      # the sequence reached the engine's limit
-)
+@dataclass(frozen=True)
+class EndReason:
+    """Why a trajectory ended, and whether it was cut short (a budget ran out) or ended itself."""
+
+    name: str
+    truncates: bool
+    meaning: str
+
+
+END_REASONS: dict[str, EndReason] = {r.name: r for r in (
+    EndReason("answer", False, "the turn held an <answer>"),
+    EndReason("no_tool_call", False, "the turn ended without a call or an answer"),
+    EndReason("max_tool_calls", True, "the call budget was spent"),
+    EndReason("max_response_tokens", True, "the generated-token budget was spent"),
+    EndReason("max_tokens_per_turn", True, "a turn hit its token limit without a call or an answer"),
+    EndReason("max_images", True, "the image budget was spent"),
+    EndReason("max_model_len", True, "the sequence reached the engine's limit"),
+)}
+
+
+@dataclass
+class RewardParts:
+    """Every part of one trajectory's reward (rewards/score.py computes it), and the figures computed
+    alongside. R = acc_reward + format_reward + tool_reward = total."""
+
+    acc: float
+    """1.0 when the answer is right, else 0.0."""
+    format: float
+    """0.0 when well formed, -1.0 otherwise."""
+    tool: float
+    """The tool bonus after gating, 0.0 or 1.0 (before its weight)."""
+    acc_reward: float
+    """acc times its weight (reward.weights of the sample's data source): its share of total."""
+    format_reward: float
+    """format times its weight."""
+    tool_reward: float
+    """tool times its weight."""
+    total: float
+    """The weighted sum: what the learner sees as the reward."""
+    tool_used: float
+    """1.0 when at least one call of a bonus-earning tool succeeded (before gating)."""
+    tool_calls: float
+    """Tool calls made, successful or not."""
+    tool_errors: float
+    """Tool calls that failed."""
+    judged: float
+    """1.0 when the judge gave acc."""
+    undecided: float
+    """1.0 when rules could not decide and no judge was configured (acc counted 0)."""
+    iou: float | None = None
+    """Mean over successful zooms of each box's best IoU with a ground-truth box; None if none."""
+    iou_max: float | None = None
+    """Best of those IoUs; None if none."""
+
+    @property
+    def correct(self) -> bool:
+        """The answer counts as right (acc is 0 or 1; a judge's verdict too)."""
+        return self.acc > 0.5
 
 
 @dataclass
@@ -93,7 +142,7 @@ class Trajectory:
     policy_version: int
     """Version of the weights that produced every sampled token."""
     end_reason: str
-    """One of END_REASONS."""
+    """A key of END_REASONS."""
     prompt_len: int = 0
     """Tokens before the first assistant turn."""
     tool_calls: list[ToolCallRecord] = field(default_factory=list)
@@ -102,9 +151,10 @@ class Trajectory:
     num_turns: int = 0
     """Assistant turns generated."""
     reward: float = 0.0
-    """Total reward (set by the reward task)."""
-    reward_parts: dict[str, float] = field(default_factory=dict)
-    """acc, format, tool, iou, ... (set by the reward task)."""
+    """Total reward, what the learner reads: reward_parts.total once scored (learner tests and
+    benchmarks set it alone)."""
+    reward_parts: RewardParts | None = None
+    """Every part of the reward (set by the reward task); None until scored."""
     timing: dict[str, float] = field(default_factory=dict)
     """Seconds spent: generate, tools, total."""
 
@@ -166,7 +216,7 @@ class TrajectorySummary:
     end_reason: str
     tool_calls: list[ToolCallRecord]
     reward: float
-    reward_parts: dict[str, float]
+    reward_parts: RewardParts | None
 
 
 @dataclass

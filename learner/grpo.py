@@ -7,10 +7,12 @@ DeepEyes recipe (arXiv 2505.14362: clip 0.2 both sides, dual clip 3.0, token-mea
 
 from __future__ import annotations
 
+import typing
+
 import torch
 from torch import Tensor
 
-LOSS_AGGREGATIONS = ("token-mean", "seq-mean-token-mean")
+from core.config import LossAggregation
 
 
 def group_advantages(rewards: Tensor, norm_by_std: bool, eps: float = 1e-6) -> Tensor:
@@ -41,7 +43,7 @@ def grpo_loss(
     clip_low: float,
     clip_high: float,
     dual_clip: float,
-    loss_agg: str,
+    loss_agg: LossAggregation,
     num_tokens: float,
     num_seqs: float,
     ref_logprobs: Tensor | None = None,
@@ -98,7 +100,7 @@ def grpo_loss(
         seq_len = mask.new_zeros(num_local).index_add(0, index, mask.flatten())  # (S,)
         loss = (seq_sum / seq_len.clamp(min=1)).sum() / num_seqs
     else:
-        raise ValueError(f"loss_agg={loss_agg!r} is not one of {', '.join(LOSS_AGGREGATIONS)}")
+        raise ValueError(f"loss_agg={loss_agg!r} is not one of {', '.join(typing.get_args(LossAggregation))}")
     with torch.no_grad():
         stats["clip_fraction"] = ((clipped > unclipped) & ~dual_active).float().mul(mask).sum() / num_tokens
         stats["dual_clip_fraction"] = dual_active.float().mul(mask).sum() / num_tokens

@@ -5,8 +5,8 @@ Pure functions of a trajectory and its sample, callable in-process or as the Ray
 """
 
 from rewards.judge import JudgeClient, JudgeError
-from rewards.score import RewardParts, score_group, score_trajectory
+from rewards.score import score_group, score_trajectory
 from rewards.task import score_group_task
 
-__all__ = ["JudgeClient", "JudgeError", "RewardParts", "score_group", "score_group_task",
+__all__ = ["JudgeClient", "JudgeError", "score_group", "score_group_task",
            "score_trajectory"]

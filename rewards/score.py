@@ -19,51 +19,18 @@ Grounding IoU of the zoom boxes is reported, not rewarded.
 
 from __future__ import annotations
 
+import typing
 from dataclasses import dataclass
 
 from core.choices import choice_index, option_label
-from core.config import RewardConfig, RewardWeights
-from core.types import Group, Sample, Trajectory
+from core.config import Gating, RewardConfig, RewardWeights
+from core.types import Group, RewardParts, Sample, Trajectory
 from rewards.answer import extract_answer
 from rewards.format import well_formed
 from rewards.iou import zoom_ious
 from rewards.judge import judge_client
 from rewards.rules import rule_accuracy
 from rewards.turns import assistant_turns
-
-
-@dataclass
-class RewardParts:
-    """Every part of one trajectory's reward, and the metrics computed alongside."""
-
-    acc: float
-    """1.0 when the answer is right, else 0.0."""
-    format: float
-    """0.0 when well formed, -1.0 otherwise."""
-    tool: float
-    """The tool bonus after gating, 0.0 or 1.0 (before its weight)."""
-    total: float
-    """The weighted sum: what the learner sees as the reward."""
-    tool_used: float
-    """1.0 when at least one call of a bonus-earning tool succeeded (before gating)."""
-    tool_calls: float
-    """Tool calls made, successful or not."""
-    tool_errors: float
-    """Tool calls that failed."""
-    judged: float
-    """1.0 when the judge gave acc."""
-    undecided: float
-    """1.0 when rules could not decide and no judge was configured (acc counted 0)."""
-    iou: float | None = None
-    """Mean over successful zooms of each box's best IoU with a ground-truth box; None if none."""
-    iou_max: float | None = None
-    """Best of those IoUs; None if none."""
-
-    def as_dict(self) -> dict[str, float]:
-        """The parts as Trajectory.reward_parts: all floats; iou keys only when defined."""
-        parts = {name: value for name, value in vars(self).items() if value is not None}
-        parts.pop("total")
-        return parts
 
 
 @dataclass
@@ -103,14 +70,14 @@ def reward_weights(data_source: str, cfg: RewardConfig) -> RewardWeights:
     return cfg.weights[data_source] if data_source in cfg.weights else cfg.weights["default"]
 
 
-def _tool_bonus(gating: str, used: bool, acc: float) -> float:
+def _tool_bonus(gating: Gating, used: bool, acc: float) -> float:
     if gating == "none":
         return 0.0
     if gating == "unconditional":
         return float(used)
     if gating == "conditional":
         return float(used and acc > 0.5)
-    raise ValueError(f"reward.gating={gating!r} is not one of conditional, unconditional, none")
+    raise ValueError(f"reward.gating={gating!r} is not one of {', '.join(typing.get_args(Gating))}")
 
 
 def _finish(traj: Trajectory, sample: Sample, draft: _Draft, cfg: RewardConfig) -> RewardParts:
@@ -119,9 +86,10 @@ def _finish(traj: Trajectory, sample: Sample, draft: _Draft, cfg: RewardConfig) 
     tool = _tool_bonus(cfg.gating, used, acc)
     weights = reward_weights(sample.data_source, cfg)
     ious = zoom_ious(traj.tool_calls, sample.gt_boxes)
+    weighted = (weights.acc * acc, weights.format * draft.format, weights.tool * tool)
     return RewardParts(
-        acc=acc, format=draft.format, tool=tool,
-        total=weights.acc * acc + weights.format * draft.format + weights.tool * tool,
+        acc=acc, format=draft.format, tool=tool, acc_reward=weighted[0], format_reward=weighted[1],
+        tool_reward=weighted[2], total=sum(weighted),
         tool_used=float(used), tool_calls=float(len(traj.tool_calls)),
         tool_errors=float(sum(not call.ok for call in traj.tool_calls)),
         judged=float(draft.judged), undecided=float(draft.acc is None),
@@ -149,6 +117,5 @@ def score_group(group: Group, cfg: RewardConfig) -> Group:
     """Fill `reward` and `reward_parts` of every trajectory (judge asked once per distinct answer)."""
     for traj, parts in zip(group.trajectories, _score(group.trajectories, group.sample, cfg),
                            strict=True):
-        traj.reward = parts.total
-        traj.reward_parts = parts.as_dict()
+        traj.reward, traj.reward_parts = parts.total, parts
     return group

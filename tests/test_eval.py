@@ -14,6 +14,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from parts import reward_parts
 
 from actors.prompt import INSTRUCTION, render_prompt, tool_response
 from core.config import load_config
@@ -53,9 +54,8 @@ def test_wilson_interval_matches_known_values():
 
 def record(sample_id, acc, *, category="c", eval_set="s", calls=(), iou=None, fmt=0.0, prediction="A",
            undecided=0.0, judged=0.0, response_tokens=10):
-    parts = {"acc": acc, "format": fmt, "undecided": undecided, "judged": judged}
-    if iou is not None:
-        parts["iou_max"] = iou
+    parts = dataclasses.asdict(reward_parts(acc=acc, format=fmt, undecided=undecided, judged=judged,
+                                            iou_max=iou))
     return {"sample_id": sample_id, "eval_set": eval_set, "category": category, "reward_parts": parts,
             "prediction": prediction, "response_tokens": response_tokens,
             "tool_calls": [{"error": error, "box_original": None if error else [0, 0, 1, 1]}

@@ -2,8 +2,8 @@
 
 import numpy as np
 import pytest
+from parts import reward_parts
 
-from core.config import load_config
 from core.metrics import METRICS_BY_NAME
 from core.types import Group, Sample, ToolCallRecord, Trajectory
 from zoomrl.figures import step_figures
@@ -22,10 +22,10 @@ def test_step_figures_average_over_trajectories():
     failed = ToolCallRecord("image_zoom_in_tool", {}, error="too small")
     sample = Sample("s", "synth_vstar", [], [], "q", "A")
     group = Group("g", sample, [
-        traj(2, 2.0, {"acc": 1.0, "format": 0.0, "tool": 1.0, "iou_max": 0.5}, [zoom, failed], "answer", 10),
-        traj(2, -0.2, {"acc": 0.0, "format": -1.0, "tool": 0.0}, [], "max_tokens_per_turn", 20),
+        traj(2, 2.0, reward_parts(acc=1.0, tool=1.0, iou_max=0.5), [zoom, failed], "answer", 10),
+        traj(2, -0.2, reward_parts(format=-1.0), [], "max_tokens_per_turn", 20),
     ])
-    figures = step_figures([group], learner_version=3, reward_cfg=load_config("tiny-cpu").reward)
+    figures = step_figures([group], learner_version=3)
     assert set(figures) <= set(METRICS_BY_NAME)
     assert figures["accuracy"] == 0.5 and figures["reward_mean"] == pytest.approx(0.9)
     assert figures["reward_acc"] == pytest.approx(0.4) and figures["reward_format"] == pytest.approx(-0.1)

@@ -318,9 +318,9 @@ def test_score_group_asks_the_judge_only_what_rules_cannot_decide(serve):
     assert question.startswith("Question: What colour is the umbrella?\nOptions:\nA. red\n"
                                "B. green\nC. blue\nD. yellow\nReference answer: B. green\n")
     parts = [t.reward_parts for t in group.trajectories]
-    assert [p["acc"] for p in parts] == [1.0, 0.0, 1.0, 1.0, 0.0, 0.0, 1.0]
-    assert [p["judged"] for p in parts] == [0.0, 0.0, 0.0, 1.0, 1.0, 1.0, 1.0]
-    assert all(p["undecided"] == 0.0 for p in parts)
+    assert [p.acc for p in parts] == [1.0, 0.0, 1.0, 1.0, 0.0, 0.0, 1.0]
+    assert [p.judged for p in parts] == [0.0, 0.0, 0.0, 1.0, 1.0, 1.0, 1.0]
+    assert all(p.undecided == 0.0 for p in parts)
     np.testing.assert_allclose(group.rewards, [0.8, 0.0, 0.8, 0.8, 0.0, 0.0, 0.8])
 
 
@@ -336,7 +336,7 @@ def test_score_group_fails_loudly_when_the_judge_fails(serve):
     group = _group(["B", "It looks green to me"])
     with pytest.raises(JudgeError):
         score_group(group, fresh_reward_config(stub.url, max_retries=1))
-    assert [t.reward_parts for t in group.trajectories] == [{}, {}]  # nothing half-scored
+    assert [t.reward_parts for t in group.trajectories] == [None, None]  # nothing half-scored
 
 
 # --- a judge outage during `zoomrl train` (slow) -----------------------------------------------

@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+from parts import reward_parts
 
 from core.config import ModelConfig, RewardConfig, RewardWeights, ToolsConfig
 from core.images import encode_png
@@ -246,8 +247,8 @@ def test_iou_is_a_metric_not_a_reward():
     parts = score(text, [ZOOM_OK, half])
     assert parts.iou == pytest.approx(0.75) and parts.iou_max == pytest.approx(1.0)
     assert parts.total == pytest.approx(2.0)
-    no_zoom = score(RIGHT).as_dict()
-    assert "iou" not in no_zoom and "iou_max" not in no_zoom
+    no_zoom = score(RIGHT)
+    assert no_zoom.iou is None and no_zoom.iou_max is None
 
 
 # --- a whole group, rules only ---------------------------------------------------------------
@@ -263,17 +264,17 @@ def test_score_group_fills_every_trajectory():
     assert score_group(group, RewardConfig()) is group
     np.testing.assert_allclose(group.rewards, [2.0, 0.0, 0.0, -0.2])
     first = group.trajectories[0].reward_parts
-    assert first == {"acc": 1.0, "format": 0.0, "tool": 1.0, "tool_used": 1.0, "tool_calls": 1.0,
-                     "tool_errors": 0.0, "judged": 0.0, "undecided": 0.0, "iou": 1.0,
-                     "iou_max": 1.0}
+    assert first == reward_parts(acc=1.0, tool=1.0, tool_used=1.0, tool_calls=1.0, iou=1.0, iou_max=1.0)
+    assert first.total == first.acc_reward + first.format_reward + first.tool_reward == 2.0
     undecided = group.trajectories[2].reward_parts
-    assert undecided["undecided"] == 1.0 and undecided["acc"] == 0.0 and undecided["judged"] == 0.0
+    assert undecided.undecided == 1.0 and undecided.acc == 0.0 and undecided.judged == 0.0
     last = group.trajectories[3].reward_parts
-    assert last["tool_errors"] == 1.0 and last["tool_used"] == 0.0 and "iou" not in last
+    assert last.tool_errors == 1.0 and last.tool_used == 0.0 and last.iou is None
+    assert last.format_reward == -0.2 and last.total == group.trajectories[3].reward
 
 
 def test_scoring_does_not_touch_the_trajectory_it_reads():
     traj = trajectory(response(ZOOMED, RIGHT), [ZOOM_OK])
     before = dataclasses.replace(traj)
     score_trajectory(traj, sample(), RewardConfig())
-    assert traj.reward == before.reward == 0.0 and traj.reward_parts == {}
+    assert traj.reward == before.reward == 0.0 and traj.reward_parts is None

@@ -119,8 +119,8 @@ def test_score_group_task_scores_a_group(ray_cluster, tiny_cfg):
     scored = ray.get(score_group_task.remote(_group(), tiny_cfg.reward))
     np.testing.assert_allclose(scored.rewards, [0.8 + 1.2, 0.0, 0.0])
     parts = [t.reward_parts for t in scored.trajectories]
-    assert parts[0]["iou"] == pytest.approx(0.5) and parts[0]["tool"] == 1.0
-    assert parts[2]["undecided"] == 1.0  # tiny-cpu has no judge: counted, scored 0
+    assert parts[0].iou == pytest.approx(0.5) and parts[0].tool == 1.0
+    assert parts[2].undecided == 1.0  # tiny-cpu has no judge: counted, scored 0
     assert scored.trajectories[0].policy_version == 4  # the rest of the record travels intact
 
 

@@ -103,7 +103,7 @@ def test_forced_zooms_run_through_vllm_and_match_transformers_logprobs(forced, s
         assert traj.tool_calls[1].box_original == pytest.approx([128, 128, 384, 384], abs=1)
         assert len(traj.images) == 3
         # the forced answer is right, the format is clean and the crops count: 0.8 + 1.2
-        assert traj.reward_parts["acc"] == 1.0 and traj.reward_parts["format"] == 0.0
+        assert traj.reward_parts.acc == 1.0 and traj.reward_parts.format == 0.0
         assert traj.reward == pytest.approx(2.0)
     assert info.accuracy == 1.0 and info.reward_mean == pytest.approx(2.0)
     # The learner's view of the sequence reproduces the engine's log-probs token for token.

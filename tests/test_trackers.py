@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from parts import reward_parts
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from core.config import ConfigError, load_config
@@ -47,7 +48,7 @@ def zoomed_record(run_dir: Path) -> dict:
                       loss_mask=np.ones(4, np.int8), behavior_logprobs=np.zeros(4, np.float32),
                       images=[original, np.full((56, 56, 3), 255, np.uint8)], policy_version=0,
                       end_reason="answer", response_text="<answer>B</answer>", reward=1.0,
-                      reward_parts={"acc": 1.0},
+                      reward_parts=reward_parts(acc=1.0),
                       tool_calls=[ToolCallRecord("image_zoom_in_tool", {"bbox_2d": [100, 0, 190, 70]},
                                                  box_original=[100.0, 0.0, 190.0, 70.0], image_index=1)])
     group = Group(group_id="g0", sample=sample, trajectories=[traj])

@@ -71,7 +71,7 @@ def curate_config(cfg: Config) -> Config:
 
 def solved(group: Group) -> int:
     """Trajectories of a scored group whose answer was right."""
-    return sum(t.reward_parts["acc"] > 0.5 for t in group.trajectories)
+    return sum(t.reward_parts.correct for t in group.trajectories)
 
 
 def difficulty_verdict(sample_id: str, correct: int, k: int) -> Verdict:

@@ -232,7 +232,7 @@ class Driver:
         sync_s = time.perf_counter() - sync_start
         queue_stats = self.queue.stats()
         now = time.perf_counter()
-        figures = step_figures(groups, self.step, self.cfg.reward)  # staleness against the pre-update version
+        figures = step_figures(groups, self.step)  # staleness against the pre-update version
         figures.update({k: v for k, v in learner_figures.items() if k in METRICS_BY_NAME})
         figures.update(policy_version=version, rollout_workers=len(self.pool.actors),
                        queue_depth=queue_stats.depth, weight_sync_seconds=sync_s, step_seconds=now - start,

@@ -33,7 +33,7 @@ from core.options import shuffle_options
 from core.types import Group, Sample
 from rewards.answer import extract_answer
 from rewards.turns import assistant_turns
-from zoomrl.records import ImageStore, trajectory_record
+from zoomrl.records import ImageStore, reward_parts, trajectory_record
 from zoomrl.rollouts import RolloutSession
 
 WILSON_Z = 1.959963984540054  # two-sided 95%: the 0.975 quantile of the standard normal
@@ -85,8 +85,9 @@ class Figures:
 def figures(records: list[dict[str, Any]]) -> Figures:
     """The figures of a list of evaluation records (lines of REPORT.trajectories.jsonl)."""
     n = len(records)
-    correct = sum(r["reward_parts"]["acc"] > 0.5 for r in records)
-    ious = [r["reward_parts"]["iou_max"] for r in records if "iou_max" in r["reward_parts"]]
+    parts = [reward_parts(r) for r in records]
+    correct = sum(p.correct for p in parts)
+    ious = [p.iou_max for p in parts if p.iou_max is not None]
     low, high = wilson_interval(correct, n)
     return Figures(
         trajectories=n, questions=len({r["sample_id"] for r in records}), correct=correct,
@@ -96,9 +97,9 @@ def figures(records: list[dict[str, Any]]) -> Figures:
                        for r in records) / n if n else 0.0,
         grounding_iou=sum(ious) / len(ious) if ious else None, grounded_trajectories=len(ious),
         no_answer=sum(r["prediction"] is None for r in records),
-        format_errors=sum(r["reward_parts"]["format"] < 0 for r in records),
-        undecided=int(sum(r["reward_parts"]["undecided"] for r in records)),
-        judged=int(sum(r["reward_parts"]["judged"] for r in records)))
+        format_errors=sum(p.format < 0 for p in parts),
+        undecided=int(sum(p.undecided for p in parts)),
+        judged=int(sum(p.judged for p in parts)))
 
 
 @dataclass

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,7 @@ import numpy as np
 from PIL import Image
 
 from core.images import encode_png
-from core.types import Group, Trajectory
+from core.types import Group, RewardParts, Trajectory
 from rewards.turns import ASSISTANT, IM_END, IM_START
 
 IMAGES_DIR = "images"
@@ -112,6 +113,11 @@ def _turns(traj: Trajectory) -> list[dict[str, Any]]:
     return turns
 
 
+def reward_parts(record: dict[str, Any]) -> RewardParts:
+    """A scored trajectory record's reward parts, read back as the record they were written from."""
+    return RewardParts(**record["reward_parts"])
+
+
 def trajectory_record(group: Group, index: int, images: ImageStore) -> dict[str, Any]:
     """One trajectory of a scored group: the question, what the policy wrote and did, its reward.
 
@@ -147,6 +153,7 @@ def trajectory_record(group: Group, index: int, images: ImageStore) -> dict[str,
                         "box_image": box_image if call.box_original is not None else None}
                        for call in traj.tool_calls],
         "turns": _turns(traj),
-        "reward": traj.reward, "reward_parts": traj.reward_parts, "timing": traj.timing,
+        "reward": traj.reward, "reward_parts": asdict(traj.reward_parts) if traj.reward_parts else None,
+        "timing": traj.timing,
         "response_text": traj.response_text,
     }

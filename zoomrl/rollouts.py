@@ -22,7 +22,7 @@ from actors.rollout import Sampling
 from core.config import Config
 from core.types import Group, Sample
 from zoomrl.cluster import start_ray
-from zoomrl.records import ImageStore, trajectory_record
+from zoomrl.records import ImageStore, reward_parts, trajectory_record
 from zoomrl.rollout_pool import FinishedGroup, RolloutPool
 
 GROUPS_IN_FLIGHT_PER_ACTOR = 4  # enough for the engine to batch across groups, bounded memory
@@ -137,7 +137,7 @@ def summarize(records: list[dict], generate_s: float, startup_s: float) -> dict:
     return {
         "trajectories": len(records),
         "groups": len({r["group_id"] for r in records}),
-        "accuracy": mean(lambda r: r["reward_parts"].get("acc", 0.0)),
+        "accuracy": mean(lambda r: reward_parts(r).acc),
         "reward_mean": mean(lambda r: r["reward"]),
         "tool_calls_per_trajectory": mean(lambda r: len(r["tool_calls"])),
         "zoom_share": mean(lambda r: any(not c["error"] for c in r["tool_calls"])),

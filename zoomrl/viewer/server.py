@@ -23,6 +23,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
+from zoomrl.records import reward_parts
+
 STATIC = Path(__file__).parent / "static"
 TRAJECTORIES = "trajectories.jsonl"
 """A run directory's file; eval writes REPORT.trajectories.jsonl (any '*.trajectories.jsonl')."""
@@ -60,7 +62,7 @@ class Summary:
     sample_id: str
     reward: float
     correct: bool
-    """reward_parts.acc > 0.5, as `zoomrl.evaluate.figures` counts it."""
+    """RewardParts.correct, as `zoomrl.evaluate.figures` counts it."""
     zooms: int
     """Tool calls that gave back an image."""
     tool_calls: int
@@ -76,7 +78,7 @@ def summarize(record: dict[str, Any], file: int, line: int) -> Summary:
         file=file, line=line, step=record.get("step"), eval_set=record.get("eval_set"),
         category=record.get("category"), group_id=record["group_id"], index=record["index"],
         sample_id=record["sample_id"], reward=record["reward"],
-        correct=record["reward_parts"].get("acc", 0.0) > 0.5,
+        correct=reward_parts(record).correct,
         zooms=sum(1 for c in calls if not c["error"] and c.get("image_index") is not None),
         tool_calls=len(calls), tool_errors=sum(1 for c in calls if c["error"]),
         end_reason=record["end_reason"], policy_version=record["policy_version"],
