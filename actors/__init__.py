@@ -4,6 +4,6 @@
 """
 
 from actors.imcot import run_trajectory
-from actors.rollout import GroupInfo, RolloutActor, RolloutWorker
+from actors.rollout import RolloutActor, RolloutWorker
 
-__all__ = ["GroupInfo", "RolloutActor", "RolloutWorker", "run_trajectory"]
+__all__ = ["RolloutActor", "RolloutWorker", "run_trajectory"]

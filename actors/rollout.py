@@ -88,23 +88,6 @@ class Sampling:
         return OmegaConf.merge(cfg, {"rollout": {"n": self.n, "temperature": self.temperature}})
 
 
-@dataclass
-class GroupInfo:
-    """What the driver needs to know of a group without fetching it from the object store."""
-
-    group_id: str
-    sample_id: str
-    policy_version: int
-    num_trajectories: int
-    reward_mean: float
-    accuracy: float
-    response_tokens: int
-    """Tokens the policy sampled, summed over the group."""
-    seconds: float
-    summary: GroupSummary
-    """Every trajectory's figures: the driver plans and logs a step from these."""
-
-
 class Occupancy:
     """Where a rollout actor's time went, for the pipeline figures (cumulative seconds).
 
@@ -164,11 +147,11 @@ class RolloutWorker:
         self._metrics = RayMetrics(ACTOR_METRICS, tag_keys=("actor",)) if use_ray_tasks else None
         self.occupancy = Occupancy()
 
-    # Two results: the small GroupInfo the driver reads, and the Group, which stays in the object
+    # Two results: the small GroupSummary the driver reads, and the Group, which stays in the object
     # store (owned by the caller, so it outlives this actor) until the learner fetches it.
     @ray.method(num_returns=2)
     async def generate_group(self, sample: Sample, group_id: str, policy: PolicyWeights | None = None,
-                             sampling: Sampling | None = None) -> tuple[GroupInfo, Group]:
+                             sampling: Sampling | None = None) -> tuple[GroupSummary, Group]:
         """rollout.n trajectories of one prompt, scored as a group by the reward task.
 
         policy: the group runs on this version or a newer one (loaded from `policy.ref` if no
@@ -285,7 +268,7 @@ class RolloutWorker:
         self.engine.shutdown()
 
     async def _generate_group(self, sample: Sample, group_id: str,
-                              sampling: Sampling | None) -> tuple[GroupInfo, Group]:
+                              sampling: Sampling | None) -> tuple[GroupSummary, Group]:
         start = time.perf_counter()
         version = self.policy_version
         views = self._initial_views(sample)
@@ -299,19 +282,16 @@ class RolloutWorker:
             group = await score_group_task.remote(group, self.cfg.reward)
         else:
             group = score_group(group, self.cfg.reward)
-        info = GroupInfo(
-            group_id=group_id, sample_id=sample.id, policy_version=group.policy_version,
-            num_trajectories=len(group.trajectories), reward_mean=float(np.mean(group.rewards)),
-            accuracy=float(np.mean([t.reward_parts.acc for t in group.trajectories])),
-            response_tokens=sum(t.num_sampled_tokens for t in group.trajectories),
-            seconds=time.perf_counter() - start, summary=group.summary())
+        summary = group.summary()
         if self._metrics is not None:
             self._metrics.record({
-                "rollout_tokens_per_s": info.response_tokens / info.seconds, "accuracy": info.accuracy,
-                "reward_mean": info.reward_mean, "response_tokens": info.response_tokens / len(trajectories),
+                "rollout_tokens_per_s": summary.response_tokens / (time.perf_counter() - start),
+                "accuracy": float(np.mean([t.reward_parts.acc for t in group.trajectories])),
+                "reward_mean": float(np.mean(group.rewards)),
+                "response_tokens": summary.response_tokens / len(trajectories),
                 "tool_calls_per_trajectory": float(np.mean([len(t.tool_calls) for t in trajectories]))},
                 tags={"actor": ray.get_runtime_context().get_actor_id() or "driver"})
-        return info, group
+        return summary, group
 
     def _initial_views(self, sample: Sample) -> list[ImageView]:
         """The sample's images as the model first sees them. Each original is decoded once for the

@@ -227,3 +227,28 @@ class GroupSummary(_Scored):
     group_id: str
     data_source: str
     trajectories: list[TrajectorySummary]
+
+    @property
+    def response_tokens(self) -> int:
+        """Tokens the policy sampled, summed over the group."""
+        return sum(t.num_sampled_tokens for t in self.trajectories)
+
+
+@dataclass
+class FinishedGroup:
+    """A scored group as the run hands it around: where the Group is in the object store, and its
+    summary. The rollout pool makes one for each group an actor finishes; the replay queue holds
+    them; the learner ranks fetch `ref` themselves, the driver reads only `summary`."""
+
+    ref: Any
+    """ray.ObjectRef of the Group (inside this record, so Ray never resolves it on the way)."""
+    summary: GroupSummary
+
+    @property
+    def group_id(self) -> str:
+        return self.summary.group_id
+
+    @property
+    def policy_version(self) -> int:
+        """The oldest policy that produced any of its tokens."""
+        return self.summary.policy_version

@@ -43,7 +43,7 @@ def served_groups(pool: RolloutPool, sample, version: int) -> list:
     finished = []
     while len(finished) < len(pool.actors):
         finished += pool.poll(timeout_s=60)
-    assert {f.info.policy_version for f in finished} == {version}
+    assert {f.policy_version for f in finished} == {version}
     return [ray.get(f.ref) for f in finished]
 
 
@@ -95,8 +95,8 @@ def test_every_engine_serves_the_learners_weights_through_a_resize(ray_cluster, 
         wait_for_a_group_in_flight(victim)
         os.kill(pid, signal.SIGKILL)
         finished = collect(pool, len(group_ids))
-        assert sorted(f.info.group_id for f in finished) == group_ids
-        assert {f.info.policy_version for f in finished} == {3}
+        assert sorted(f.group_id for f in finished) == group_ids
+        assert {f.policy_version for f in finished} == {3}
         assert pool.reissued >= 1 and sync.generation == 3
         assert ray.get([actor.ready.remote() for actor in pool.actors]) == [3, 3]
     finally:

@@ -22,8 +22,9 @@ from transformers import Qwen2_5_VLForConditionalGeneration
 
 from core.data import read_samples
 from core.tensors import pack
-from zoomrl.queue import QueuedGroup, ReplayQueue
-from zoomrl.rollout_pool import FinishedGroup, RolloutPool
+from core.types import FinishedGroup
+from zoomrl.queue import ReplayQueue
+from zoomrl.rollout_pool import RolloutPool
 
 pytestmark = pytest.mark.slow
 
@@ -104,14 +105,14 @@ def wait_for_a_group_in_flight(actor) -> None:
 
 def check_each_once(finished: list[FinishedGroup], group_ids: list[str], version: int) -> None:
     """Every group came back once, under its id, from `version`; the queue takes each once."""
-    assert sorted(done.info.group_id for done in finished) == sorted(group_ids)
-    assert [done.info.policy_version for done in finished] == [version] * len(group_ids)
+    assert sorted(done.group_id for done in finished) == sorted(group_ids)
+    assert [done.policy_version for done in finished] == [version] * len(group_ids)
     assert all(len(ray.get(done.ref).trajectories) == 4 for done in finished)
     queue = ReplayQueue(8, 1)
     for done in finished:
-        assert queue.put(QueuedGroup(done.ref, version, done.info.group_id))
+        assert queue.put(done)
     # a duplicate of a group id already queued is refused, never counted twice
-    assert not queue.put(QueuedGroup(finished[0].ref, version, finished[0].info.group_id))
+    assert not queue.put(finished[0])
     assert queue.stats().produced == len(group_ids)
 
 
@@ -123,8 +124,8 @@ def test_weights_that_arrive_late_still_come_before_the_groups_requested_after_t
     for i, sample in enumerate(samples[:2]):
         pool.submit(sample, f"late-{i}")
     finished = collect(pool, 2)
-    assert sorted(done.info.group_id for done in finished) == ["late-0", "late-1"]
-    assert [done.info.policy_version for done in finished] == [version, version]
+    assert sorted(done.group_id for done in finished) == ["late-0", "late-1"]
+    assert [done.policy_version for done in finished] == [version, version]
 
 
 def test_versions_only_go_up_and_staged_weights_do_not_outlive_their_load(pool, weights, weights_dir):

@@ -64,8 +64,8 @@ def free(ray_cluster, tiny_cfg, tiny_model_path):
 
 
 def generate(actor, sample, group_id):
-    info_ref, group_ref = actor.generate_group.remote(sample, group_id)
-    return ray.get(info_ref), ray.get(group_ref)
+    summary_ref, group_ref = actor.generate_group.remote(sample, group_id)
+    return ray.get(summary_ref), ray.get(group_ref)
 
 
 def hf_model(model_path, state: dict[str, torch.Tensor] | None = None) -> Qwen2_5_VLForConditionalGeneration:
@@ -93,8 +93,8 @@ def hf_logprobs(model_path, cfg, traj, model: Qwen2_5_VLForConditionalGeneration
 
 def test_forced_zooms_run_through_vllm_and_match_transformers_logprobs(forced, sample, tiny_model_path):
     actor, cfg = forced
-    info, group = generate(actor, sample, "forced-0")
-    assert info.group_id == "forced-0" and info.num_trajectories == 2 and info.policy_version == 0
+    summary, group = generate(actor, sample, "forced-0")
+    assert summary.group_id == "forced-0" and len(summary.trajectories) == 2 and summary.policy_version == 0
     for traj in group.trajectories:
         assert traj.end_reason == "answer" and traj.num_turns == 3
         assert [call.ok for call in traj.tool_calls] == [True, True], [c.error for c in traj.tool_calls]
@@ -105,7 +105,8 @@ def test_forced_zooms_run_through_vllm_and_match_transformers_logprobs(forced, s
         # the forced answer is right, the format is clean and the crops count: 0.8 + 1.2
         assert traj.reward_parts.acc == 1.0 and traj.reward_parts.format == 0.0
         assert traj.reward == pytest.approx(2.0)
-    assert info.accuracy == 1.0 and info.reward_mean == pytest.approx(2.0)
+    assert [t.reward_parts.acc for t in summary.trajectories] == [1.0, 1.0]
+    np.testing.assert_allclose(summary.rewards, 2.0)
     # The learner's view of the sequence reproduces the engine's log-probs token for token.
     # Tolerance: both run fp32 on CPU, but vLLM's CPU kernels (oneDNN GEMMs, its attention) sum
     # in another order than transformers: measured mean 1.5e-3, max 8e-3 nats. Misaligning the
@@ -121,7 +122,7 @@ def test_forced_zooms_run_through_vllm_and_match_transformers_logprobs(forced, s
 
 
 def test_free_sampling_gives_consistent_groups(free, sample):
-    info, group = generate(free, sample, "free-0")
+    summary, group = generate(free, sample, "free-0")
     assert len(group.trajectories) == 3
     for traj in group.trajectories:
         n = len(traj.input_ids)
@@ -131,7 +132,7 @@ def test_free_sampling_gives_consistent_groups(free, sample):
         assert (traj.behavior_logprobs[traj.loss_mask == 0] == 0).all()
         assert traj.end_reason in {"answer", "no_tool_call", "max_tokens_per_turn", "max_tool_calls",
                                    "max_images", "max_response_tokens"}
-    assert info.response_tokens == sum(t.num_sampled_tokens for t in group.trajectories)
+    assert summary.response_tokens == sum(t.num_sampled_tokens for t in group.trajectories)
     texts = {t.response_text for t in group.trajectories}
     assert len(texts) > 1  # seeds differ per trajectory
 
@@ -236,12 +237,12 @@ def test_each_version_loaded_is_the_one_served(free, sample, tiny_cfg, tiny_mode
 def test_groups_in_flight_finish_on_the_old_weights(free, sample, tiny_model_path):
     original = ray.put(Qwen2_5_VLForConditionalGeneration.from_pretrained(tiny_model_path).state_dict())
     current = ray.get(free.ready.remote())
-    first_info, _ = free.generate_group.remote(sample, "inflight-a")
+    first, _ = free.generate_group.remote(sample, "inflight-a")
     update = free.update_weights.remote(current + 1, original)
-    second_info, _ = free.generate_group.remote(sample, "inflight-b")
-    assert ray.get(first_info).policy_version == current
+    second, _ = free.generate_group.remote(sample, "inflight-b")
+    assert ray.get(first).policy_version == current
     assert ray.get(update) == current + 1
-    assert ray.get(second_info).policy_version == current + 1
+    assert ray.get(second).policy_version == current + 1
 
 
 def test_actor_metrics_reach_rays_prometheus_endpoint(forced, sample):

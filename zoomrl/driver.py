@@ -50,7 +50,7 @@ from core.data import read_samples
 from core.metrics import METRICS_BY_NAME, DriverMetrics
 from core.progress import Say, StartupLog
 from core.stream import PromptStream, StreamPosition
-from core.types import GroupSummary, Sample
+from core.types import FinishedGroup, GroupSummary, Sample
 from learner.checkpoint import remove_old_checkpoints
 from learner.group import LearnerGroup
 from rewards import JudgeError
@@ -58,9 +58,9 @@ from zoomrl.broadcast_sync import broadcast_sync
 from zoomrl.cluster import start_ray
 from zoomrl.control import PoolStatus, start_control
 from zoomrl.figures import step_figures
-from zoomrl.queue import QueuedGroup, QueueStats, ReplayQueue
+from zoomrl.queue import QueueStats, ReplayQueue
 from zoomrl.records import ImageStore, trajectory_record
-from zoomrl.rollout_pool import FinishedGroup, RolloutPool
+from zoomrl.rollout_pool import RolloutPool
 from zoomrl.run_setup import new_run_dir, prepare_inputs, set_aside_rows_after
 from zoomrl.trackers import check_trackers, open_trackers
 from zoomrl.validate import validate, validation_questions
@@ -121,9 +121,6 @@ class Driver:
         """Groups requested before a resume but never trained on: requested again first."""
         self.outstanding: dict[str, str] = {}
         """group id -> sample id of every group requested and not yet trained on (or dropped)."""
-        self.summaries: dict[str, GroupSummary] = {}
-        """group id -> summary of every finished group not yet trained on (or dropped): the driver
-        plans and logs from these and never fetches a whole group (the learner ranks do)."""
         self.pool = RolloutPool(cfg, inputs.model_path, cfg.rollout.num_workers, say,
                                 broadcast_sync(cfg, self.learner))
         if self.step > 0:  # the engines start from the model path: give them the resumed weights
@@ -173,10 +170,9 @@ class Driver:
 
     def _enqueue(self, done: FinishedGroup) -> None:
         """A finished training group into the replay queue."""
-        self.rollout_tokens += done.info.response_tokens
-        self.summaries[done.info.group_id] = done.info.summary
-        self.judge_retries.pop(done.info.group_id, None)
-        self.queue.put(QueuedGroup(done.ref, done.info.policy_version, done.info.group_id))
+        self.rollout_tokens += done.summary.response_tokens
+        self.judge_retries.pop(done.group_id, None)
+        self.queue.put(done)
 
     def _judge_failed(self, sample: Sample, group_id: str, error: Exception) -> None:
         """Request the group again after a backoff, or mark the run to stop when this group has
@@ -201,7 +197,6 @@ class Driver:
         from _request_groups. The queue's depth goes to the endpoint on the way."""
         for item in self.queue.drop_stale(self.step):
             self.outstanding.pop(item.group_id, None)
-            self.summaries.pop(item.group_id, None)
         self.metrics.record({"queue_depth": float(self.queue.stats().depth)})
 
     def _follow_control(self) -> None:
@@ -218,9 +213,11 @@ class Driver:
                                               self.step))
 
     # ---- one update ----
-    def _train(self, batch: list[QueuedGroup]) -> dict:
+    def _train(self, batch: list[FinishedGroup]) -> dict:
+        """One update on `batch`: the driver plans and logs from the summaries and never fetches a
+        whole group (the learner ranks do)."""
         start = time.perf_counter()
-        groups = [self.summaries.pop(item.group_id) for item in batch]
+        groups = [item.summary for item in batch]
         for item in batch:
             self.outstanding.pop(item.group_id, None)
         learner_figures = self.learner.train_step([item.ref for item in batch], groups)
@@ -271,7 +268,7 @@ class Driver:
                   flush=True)
             return {}
 
-    def _log(self, figures: dict, learner_figures: dict, queue_stats, batch: list[QueuedGroup],
+    def _log(self, figures: dict, learner_figures: dict, queue_stats, batch: list[FinishedGroup],
              groups: list[GroupSummary]) -> None:
         """The step's figures (counters as running totals) and a few trajectories to every sink:
         metrics.jsonl, the endpoint and the experiment trackers (zoomrl/trackers.py)."""
@@ -283,7 +280,7 @@ class Driver:
         self.trackers.log(self.step, figures | totals, details)
         self.trackers.log_trajectories(self.step, self._sample_trajectories(batch, groups))
 
-    def _sample_trajectories(self, batch: list[QueuedGroup], groups: list[GroupSummary]) -> list[dict]:
+    def _sample_trajectories(self, batch: list[FinishedGroup], groups: list[GroupSummary]) -> list[dict]:
         """The first metrics.sample_trajectories trajectories of the step as records, their images
         saved under the run directory (`zoomrl view` shows them)."""
         records, left = [], self.cfg.metrics.sample_trajectories

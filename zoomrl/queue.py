@@ -20,19 +20,8 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass
-from typing import Any
 
-
-@dataclass
-class QueuedGroup:
-    """A reference to one scored group in the object store, with what the queue needs to know."""
-
-    ref: Any
-    """ray.ObjectRef of a core.types.Group (kept inside this record, so Ray never resolves it)."""
-    policy_version: int
-    """Oldest policy version that produced any of the group's tokens."""
-    group_id: str
-    """Unique id; re-issued work keeps its id, so a duplicate is refused, not counted twice."""
+from core.types import FinishedGroup
 
 
 @dataclass
@@ -57,13 +46,13 @@ class ReplayQueue:
         """carried: the counts a resumed run starts from (`resume_stats()` of the checkpoint)."""
         self.capacity = capacity_groups
         self.max_staleness = max_staleness
-        self._items: deque[QueuedGroup] = deque()
+        self._items: deque[FinishedGroup] = deque()
         self._seen_ids: set[str] = set()
         carried = carried or QueueStats(0, 0, 0, 0, 0)
         self.produced, self.consumed, self.dropped = carried.produced, carried.consumed, carried.dropped
         self.max_staleness_seen = carried.max_staleness_seen
 
-    def put(self, item: QueuedGroup) -> bool:
+    def put(self, item: FinishedGroup) -> bool:
         """Add a group; False if this group id was seen before (re-issued work that came back twice)."""
         if item.group_id in self._seen_ids:
             return False
@@ -76,7 +65,7 @@ class ReplayQueue:
         self.produced += 1
         return True
 
-    def drop_stale(self, learner_version: int) -> list[QueuedGroup]:
+    def drop_stale(self, learner_version: int) -> list[FinishedGroup]:
         """Remove, count and return the groups more than max_staleness versions behind the learner."""
         kept, stale = deque(), []
         for item in self._items:
@@ -85,7 +74,7 @@ class ReplayQueue:
         self.dropped += len(stale)
         return stale
 
-    def take(self, num_groups: int, learner_version: int) -> list[QueuedGroup] | None:
+    def take(self, num_groups: int, learner_version: int) -> list[FinishedGroup] | None:
         """The oldest `num_groups` groups for the learner at `learner_version`, or None while fewer
         are queued. Call `drop_stale` first: this takes what is there."""
         if len(self._items) < num_groups:

@@ -30,11 +30,11 @@ from typing import TYPE_CHECKING
 import ray
 from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
 
-from actors import GroupInfo, RolloutActor
+from actors import RolloutActor
 from actors.rollout import PolicyWeights, Sampling
 from core.config import Config
 from core.progress import Say, quiet
-from core.types import Sample
+from core.types import FinishedGroup, Sample
 from rewards import JudgeError
 
 if TYPE_CHECKING:
@@ -56,13 +56,6 @@ class GroupRequest:
     """The request's own n and temperature (validation); None = the config's."""
 
 
-@dataclass
-class FinishedGroup:
-    info: GroupInfo
-    ref: ray.ObjectRef
-    """ray.ObjectRef of the core.types.Group."""
-
-
 class RolloutPool:
     """N rollout actors, kept busy by `submit`, drained by `poll`."""
 
@@ -80,7 +73,7 @@ class RolloutPool:
         """ready() ref -> actor whose engine is still loading."""
         self.retiring: list = []
         """Actors removed by a resize, finishing the groups they hold."""
-        self.in_flight: dict[ray.ObjectRef, GroupRequest] = {}  # GroupInfo ref -> request
+        self.in_flight: dict[ray.ObjectRef, GroupRequest] = {}  # GroupSummary ref -> request
         self.weights: PolicyWeights | None = None
         """The version last published and its weights; None = the model path's (version 0)."""
         self.broadcast = broadcast
@@ -149,8 +142,8 @@ class RolloutPool:
             return sum(1 for request in self.in_flight.values() if request.actor is actor)
 
         actor = min(self.actors, key=load)
-        info_ref, group_ref = actor.generate_group.remote(sample, group_id, self.weights, sampling)
-        self.in_flight[info_ref] = GroupRequest(sample, group_id, actor, group_ref, sampling)
+        summary_ref, group_ref = actor.generate_group.remote(sample, group_id, self.weights, sampling)
+        self.in_flight[summary_ref] = GroupRequest(sample, group_id, actor, group_ref, sampling)
 
     def discard(self, group_ids: set[str]) -> None:
         """Forget the requests of these groups (and their judge failures): `poll` never hands them
@@ -172,10 +165,10 @@ class RolloutPool:
         ready, _ = ray.wait(list(self.in_flight), num_returns=len(self.in_flight), timeout=0,
                             fetch_local=True)
         finished = []
-        for info_ref in ready:
-            request = self.in_flight.pop(info_ref)
+        for summary_ref in ready:
+            request = self.in_flight.pop(summary_ref)
             try:
-                finished.append(FinishedGroup(ray.get(info_ref), request.group_ref))
+                finished.append(FinishedGroup(request.group_ref, ray.get(summary_ref)))
             except ACTOR_FAILURES:
                 self._recover(request)
             except JudgeError as err:

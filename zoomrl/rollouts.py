@@ -20,10 +20,10 @@ import ray
 
 from actors.rollout import Sampling
 from core.config import Config
-from core.types import Group, Sample
+from core.types import FinishedGroup, Group, Sample
 from zoomrl.cluster import start_ray
 from zoomrl.records import ImageStore, reward_parts, trajectory_record
-from zoomrl.rollout_pool import FinishedGroup, RolloutPool
+from zoomrl.rollout_pool import RolloutPool
 
 GROUPS_IN_FLIGHT_PER_ACTOR = 4  # enough for the engine to batch across groups, bounded memory
 
@@ -101,12 +101,12 @@ def pool_groups(pool: RolloutPool, samples: list[Sample], group_prefix: str,
                 mine.add(f"{group_prefix}-{index}")
                 pool.submit(sample, f"{group_prefix}-{index}", sampling)
             for done in pool.poll(timeout_s=1.0):
-                if done.info.group_id not in mine:
+                if done.group_id not in mine:
                     if others is None:
-                        raise RuntimeError(f"group {done.info.group_id} is not one of {group_prefix}-*")
+                        raise RuntimeError(f"group {done.group_id} is not one of {group_prefix}-*")
                     others(done)
                     continue
-                mine.remove(done.info.group_id)
+                mine.remove(done.group_id)
                 yield ray.get(done.ref)
             failed = [error for request, error in pool.judge_failures if request.group_id in mine]
             if failed:  # only training requests such groups again (driver.py): these end the job

@@ -25,10 +25,10 @@ from typing import Any
 
 from core.config import Config, ConfigError
 from core.data import check_data_files
-from core.types import Sample
+from core.types import FinishedGroup, Sample
 from zoomrl.evaluate import answer_records, eval_sampling, figures, load_eval_sets
 from zoomrl.records import ImageStore
-from zoomrl.rollout_pool import FinishedGroup, RolloutPool
+from zoomrl.rollout_pool import RolloutPool
 from zoomrl.rollouts import pool_groups
 
 PREFIX = "val/"
