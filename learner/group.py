@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import ray
+from ray.exceptions import ActorDiedError
 from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
@@ -26,6 +27,9 @@ from learner.checkpoint import TrainerState, latest_checkpoint
 from learner.worker import LearnerWorker
 
 LearnerActor = ray.remote(LearnerWorker)  # the actor is the plain class, nothing added
+RENDEZVOUS_ATTEMPTS = 3
+"""Ports tried for rank 0's store: one found free can be taken by another process (another run on
+the machine, a Ray worker) before rank 0 binds it, which fails only that start."""
 
 
 def free_port(host: str = "") -> int:
@@ -58,16 +62,26 @@ class LearnerGroup:
         say(f"learner resources reserved: {learner.num_ranks} x {bundle}")
         on_rank = [PlacementGroupSchedulingStrategy(self.placement, placement_group_bundle_index=rank)
                    for rank in range(learner.num_ranks)]
-        address, port = ray.get(_rendezvous_address.options(scheduling_strategy=on_rank[0]).remote())
-        self.rendezvous = (address, port)
-        """Where rank 0's store listens (that address only) and every rank joins the process group."""
-        self.workers = [
-            LearnerActor.options(num_cpus=learner.num_cpus_per_rank, num_gpus=learner.num_gpus_per_rank,
-                                 scheduling_strategy=on_rank[rank])
-            .remote(cfg, model_path, rank, learner.num_ranks, address, port)
-            for rank in range(learner.num_ranks)
-        ]
-        self.num_parameters = ray.get([w.num_parameters.remote() for w in self.workers])[0]
+        for attempt in range(1, RENDEZVOUS_ATTEMPTS + 1):
+            address, port = ray.get(_rendezvous_address.options(scheduling_strategy=on_rank[0]).remote())
+            self.rendezvous = (address, port)
+            """Where rank 0's store listens (that address only) and every rank joins the process group."""
+            self.workers = [
+                LearnerActor.options(num_cpus=learner.num_cpus_per_rank, num_gpus=learner.num_gpus_per_rank,
+                                     scheduling_strategy=on_rank[rank])
+                .remote(cfg, model_path, rank, learner.num_ranks, address, port)
+                for rank in range(learner.num_ranks)
+            ]
+            try:
+                self.num_parameters = ray.get([w.num_parameters.remote() for w in self.workers])[0]
+                break
+            except ActorDiedError as err:
+                if "Address already in use" not in str(err) or attempt == RENDEZVOUS_ATTEMPTS:
+                    raise
+                for worker in self.workers:  # the other ranks wait on the store that never came up
+                    ray.kill(worker)
+                say(f"learner rendezvous port {port} was taken before rank 0 bound it: another port "
+                    f"({attempt}/{RENDEZVOUS_ATTEMPTS})")
         say(f"learner ranks ready {learner.num_ranks}/{learner.num_ranks} "
             f"({self.num_parameters / 1e6:.1f}M parameters)")
         self.step = 0

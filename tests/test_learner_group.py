@@ -245,3 +245,37 @@ def test_rendezvous_store_listens_on_the_node_address_only(group):
     pids = ray.get([w.__ray_call__.remote(lambda self: os.getpid()) for w in group.workers])
     on_port = {(a, p) for a, p in listening(pids[0]) if p == port}
     assert on_port == {(address, port)}, on_port
+
+
+class TakenFirst:
+    """Stands for `_rendezvous_address` in the driver: the first port it gives is one another
+    process already listens on (as when another run takes it between the pick and rank 0's bind)."""
+
+    def __init__(self, taken: int) -> None:
+        self.ports = [taken]
+
+    def options(self, **_) -> TakenFirst:
+        return self
+
+    def remote(self) -> ray.ObjectRef:
+        from learner.group import free_port
+
+        return ray.put(("127.0.0.1", self.ports.pop() if self.ports else free_port("127.0.0.1")))
+
+
+def test_a_rendezvous_port_taken_before_rank_0_binds_it_is_replaced(ray_cluster, cfg, tiny_model_path,
+                                                                     monkeypatch):
+    import socket
+
+    import learner.group
+
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        monkeypatch.setattr(learner.group, "_rendezvous_address", TakenFirst(port))
+        lines = []
+        retried = LearnerGroup(cfg, tiny_model_path, say=lines.append)
+    try:
+        assert retried.rendezvous[1] != port and retried.num_parameters > 0
+        assert any(f"port {port} was taken" in line for line in lines), lines
+    finally:
+        retried.shutdown()
