@@ -1,6 +1,6 @@
 """One learner rank: a FSDP2 shard of the policy, its optimizer, and the GRPO update.
 
-A plain class: `learner.group` runs one per Ray actor, and tests run it in-process (world size 1)
+A plain class: `learner.ranks` runs one per Ray actor, and tests run it in-process (world size 1)
 without Ray. Every public method except `num_parameters` is collective: all ranks call it
 together, in the same order, with their own shard of the data.
 """

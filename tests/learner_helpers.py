@@ -21,7 +21,7 @@ from transformers import Qwen2_5_VLConfig
 from core.config import LearnerConfig, load_config
 from core.types import Group
 from learner.batching import StepShard, make_shards, score_groups
-from learner.group import free_port
+from learner.ranks import free_port
 from learner.worker import LearnerWorker
 
 CPU_LEARNER = ["learner.num_ranks=1", "learner.num_gpus_per_rank=0", "learner.num_cpus_per_rank=1"]

@@ -170,7 +170,7 @@ def test_a_micro_batch_without_images_runs_the_vision_tower_on_a_placeholder(gro
                                                                              tiny_cfg):
     """Text-only trajectories (rows without images) are packed with a placeholder image, so the
     vision tower runs once per micro-batch, forward and backward, as FSDP's collectives need on
-    every rank (test_learner_group.py runs it on 2 ranks). The placeholder changes no log-prob
+    every rank (test_ranks.py runs it on 2 ranks). The placeholder changes no log-prob
     and adds exactly zero to every gradient."""
     size = {"shortest_edge": tiny_cfg.model.min_pixels, "longest_edge": tiny_cfg.model.max_pixels}
     image_processor = AutoImageProcessor.from_pretrained(tiny_model_path, size=size)

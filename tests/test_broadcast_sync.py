@@ -20,7 +20,7 @@ from trajectories import make_groups
 
 from core.config import load_config
 from core.data import read_samples
-from learner.group import LearnerGroup
+from learner.ranks import LearnerGroup
 from zoomrl.broadcast_sync import BroadcastSync
 from zoomrl.rollout_pool import RolloutPool
 

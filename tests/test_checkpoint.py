@@ -1,6 +1,6 @@
 """Checkpoints (sharded DCP, atomic, resumable), retention, and export to a Hugging Face folder.
 
-One learner rank in this process (world size 1); the 2-rank case is in test_learner_group.py.
+One learner rank in this process (world size 1); the 2-rank case is in test_ranks.py.
 The retention tests at the end work on folders laid out like checkpoints (no model: fast).
 """
 

@@ -24,7 +24,7 @@ from core.weight_group import (
     serve_store,
 )
 from learner.broadcast import policy_tensors, send_weights, wire_specs
-from learner.group import free_port
+from learner.ranks import free_port
 
 HOST = "127.0.0.1"
 BUCKET_BYTES = 1024

@@ -24,7 +24,7 @@ import ray
 
 from core.config import Config
 from core.weight_group import GroupSpec, member_names, rank_offsets
-from learner.group import LearnerGroup
+from learner.ranks import LearnerGroup
 
 
 def broadcast_sync(cfg: Config, learner: LearnerGroup) -> BroadcastSync | None:

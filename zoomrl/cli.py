@@ -192,8 +192,8 @@ def _cmd_stop(args: argparse.Namespace) -> int:
 
 
 def _cmd_rollout(args: argparse.Namespace) -> int:
-    from zoomrl.rollouts import run_rollouts
     from zoomrl.run_setup import prepare_inputs
+    from zoomrl.session import run_rollouts
 
     cfg = load_config(args.config, args.overrides)
     inputs = prepare_inputs(cfg)

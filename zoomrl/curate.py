@@ -41,7 +41,7 @@ from core.images import decode_image, encode_png
 from core.options import standardize
 from core.progress import ProgressBar
 from core.types import Group, Sample
-from zoomrl.rollouts import RolloutSession
+from zoomrl.session import RolloutSession
 
 SAMPLED_STAGES = ("difficulty", "perception")
 

@@ -52,12 +52,12 @@ from core.progress import Say, StartupLog
 from core.stream import PromptStream, StreamPosition
 from core.types import FinishedGroup, GroupSummary, Sample
 from learner.checkpoint import remove_old_checkpoints
-from learner.group import LearnerGroup
+from learner.ranks import LearnerGroup
 from rewards import JudgeError
 from zoomrl.broadcast_sync import broadcast_sync
 from zoomrl.cluster import start_ray
 from zoomrl.control import PoolStatus, start_control
-from zoomrl.figures import step_figures
+from zoomrl.dynamics import step_figures
 from zoomrl.queue import QueueStats, ReplayQueue
 from zoomrl.records import ImageStore, trajectory_record
 from zoomrl.rollout_pool import RolloutPool

@@ -34,7 +34,7 @@ from core.types import Group, Sample
 from rewards.answer import extract_answer
 from rewards.turns import assistant_turns
 from zoomrl.records import ImageStore, reward_parts, trajectory_record
-from zoomrl.rollouts import RolloutSession
+from zoomrl.session import RolloutSession
 
 WILSON_Z = 1.959963984540054  # two-sided 95%: the 0.975 quantile of the standard normal
 INTERVAL = "Wilson score interval, 95%, over trajectories"

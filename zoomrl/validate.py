@@ -29,7 +29,7 @@ from core.types import FinishedGroup, Sample
 from zoomrl.evaluate import answer_records, eval_sampling, figures, load_eval_sets
 from zoomrl.records import ImageStore
 from zoomrl.rollout_pool import RolloutPool
-from zoomrl.rollouts import pool_groups
+from zoomrl.session import pool_groups
 
 PREFIX = "val/"
 
@@ -65,7 +65,7 @@ def validate(pool: RolloutPool, questions: list[tuple[str, Sample]], cfg: Config
     """Answer `questions` on `pool`'s actors with eval sampling, on the weights last sent to it;
     writes the records to `out` (JSON lines; their images under images/ beside it). Group ids are
     '<group_prefix>-<index>'. Other groups the pool finishes meanwhile go to `others` (see
-    `zoomrl.rollouts.pool_groups`)."""
+    `zoomrl.session.pool_groups`)."""
     start = time.perf_counter()
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)

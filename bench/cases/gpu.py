@@ -137,7 +137,7 @@ def learner_update(cfg: Config, model_path: str, groups: list, warm_up: bool) ->
     from transformers import AutoConfig
 
     from learner.batching import make_shards, score_groups
-    from learner.group import free_port
+    from learner.ranks import free_port
     from learner.worker import LearnerWorker
 
     worker = LearnerWorker(cfg, model_path, rank=0, world_size=1, master_addr="127.0.0.1",

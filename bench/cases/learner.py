@@ -71,7 +71,7 @@ def make_groups(model_path: str, num_groups: int, n: int, seed: int) -> list:
 
 
 def measure_ranks(cfg: Config, model_path: str, groups: list, ranks: int, steps: int) -> dict:
-    from learner.group import LearnerGroup
+    from learner.ranks import LearnerGroup
 
     cfg = OmegaConf.merge(cfg, {"learner": {"num_ranks": ranks}})
     learner = LearnerGroup(cfg, model_path)

@@ -47,7 +47,7 @@ def scripted(cfg: Config) -> Config:
 
 
 def generate(cfg: Config, model_path: str, samples: list, workers: int) -> dict:
-    from zoomrl.rollouts import RolloutSession
+    from zoomrl.session import RolloutSession
 
     cfg = OmegaConf.merge(cfg, {"rollout": {"num_workers": workers}})
     with RolloutSession(cfg, model_path) as session:

@@ -59,7 +59,7 @@ ACTOR_PHASES = ("weights_fetch_s", "weights_hand_off_s", "weights_engine_load_s"
 
 
 def measure_size(cfg: Config, repeats: int, bandwidth: float) -> dict:
-    from learner.group import LearnerGroup
+    from learner.ranks import LearnerGroup
     from zoomrl.broadcast_sync import broadcast_sync
     from zoomrl.rollout_pool import RolloutPool
     from zoomrl.run_setup import ensure_model

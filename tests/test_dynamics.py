@@ -6,7 +6,7 @@ from parts import reward_parts
 
 from core.metrics import METRICS_BY_NAME
 from core.types import Group, Sample, ToolCallRecord, Trajectory
-from zoomrl.figures import step_figures
+from zoomrl.dynamics import step_figures
 
 
 def traj(version, reward, parts, calls, end, sampled):

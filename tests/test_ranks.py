@@ -32,7 +32,7 @@ from core.tensors import assemble
 from core.types import Group
 from learner.batching import resolve
 from learner.checkpoint import export_hf, latest_checkpoint
-from learner.group import LearnerGroup
+from learner.ranks import LearnerGroup
 
 pytestmark = pytest.mark.slow
 
@@ -258,7 +258,7 @@ class TakenFirst:
         return self
 
     def remote(self) -> ray.ObjectRef:
-        from learner.group import free_port
+        from learner.ranks import free_port
 
         return ray.put(("127.0.0.1", self.ports.pop() if self.ports else free_port("127.0.0.1")))
 
@@ -267,11 +267,11 @@ def test_a_rendezvous_port_taken_before_rank_0_binds_it_is_replaced(ray_cluster,
                                                                      monkeypatch):
     import socket
 
-    import learner.group
+    import learner.ranks
 
     with socket.create_server(("127.0.0.1", 0)) as taken:
         port = taken.getsockname()[1]
-        monkeypatch.setattr(learner.group, "_rendezvous_address", TakenFirst(port))
+        monkeypatch.setattr(learner.ranks, "_rendezvous_address", TakenFirst(port))
         lines = []
         retried = LearnerGroup(cfg, tiny_model_path, say=lines.append)
     try:
