@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.zoomrl-installed
 
-.PHONY: install train test lint
+.PHONY: install train test test-fast lint
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -23,6 +23,10 @@ train: install
 
 test: install
 	$(PY) -m pytest -q
+
+# tests/unit/ only: no Ray cluster, vLLM engine or learner ranks; under a minute.
+test-fast: install
+	$(PY) -m pytest -q tests/unit
 
 lint: install
 	$(VENV)/bin/ruff check .

@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/learner_packing.py [--trajectories 24] [--budget 2048] [--repeats 3]
 
-Builds real multi-turn multimodal trajectories (tests/trajectories.py) with widely varied
+Builds real multi-turn multimodal trajectories (tests/helpers/trajectories.py) with widely varied
 lengths, then runs the same forward + backward (token log-probs of every sequence, summed) four
 ways under one token budget per micro-batch, and prints JSON:
 
@@ -32,13 +32,13 @@ import numpy as np
 import torch
 from transformers import AutoImageProcessor, AutoProcessor, Qwen2_5_VLForConditionalGeneration
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from trajectories import build_trajectory  # noqa: E402  (test helper: real trajectories)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root, run as a script
 
 from core.config import load_config  # noqa: E402
 from core.types import Trajectory  # noqa: E402
 from learner.batching import TrainItem, collate, plan_micro_batches  # noqa: E402
 from learner.model import load_policy, token_logprobs  # noqa: E402
+from tests.helpers.trajectories import build_trajectory  # noqa: E402  (real trajectories)
 from zoomrl.run_setup import ensure_model  # noqa: E402
 
 

@@ -55,7 +55,7 @@ class Layout:
     the lm_head its own packed copy of the weight (oneDNN or sgl, `dispatch_cpu_unquantized_gemm`)
     when the lm_head layer is processed, and a layerwise reload processes only layers it loads
     weights into. A tied lm_head left out kept computing logits with the weights the engine
-    started with while the shared embeddings moved on (tests/test_rollout_vllm.py)."""
+    started with while the shared embeddings moved on (tests/integration/test_rollout_vllm.py)."""
 
     @classmethod
     def of(cls, specs: list[tuple[str, torch.dtype, tuple[int, ...]]],

@@ -19,15 +19,9 @@ import ray
 import torch
 import torch.distributed as dist
 from torch import Tensor
-from torch.distributed.checkpoint.state_dict import (
-    StateDictOptions,
-    get_model_state_dict,
-    get_optimizer_state_dict,
-)
 from torch.distributed.constants import default_pg_timeout
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.tensor import DTensor
-from torch.utils._pytree import tree_map_only
 from transformers import AutoConfig, AutoImageProcessor
 
 from core.config import Config
@@ -187,11 +181,6 @@ class LearnerWorker:
             raise BatchError(next(r for r in refusals if r))
         return self.train_step(shards)
 
-    def forward_backward(self, shard: StepShard) -> dict[str, float]:
-        """Gradients of one shard's loss, accumulated over its micro-batches (no optimizer step);
-        returns the loss statistics summed over ranks."""
-        return self._accumulate(self._prepare(shard), shard)
-
     def optimizer_step(self) -> dict[str, float]:
         """Clip the global gradient norm, then step AdamW (skipped when the norm is not finite)."""
         norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.learner.grad_clip)
@@ -200,27 +189,6 @@ class LearnerWorker:
         if finite:
             self.optimizer.step()
         return {"grad_norm": float(norm), "nonfinite_grad": float(not finite)}
-
-    def gradients(self) -> dict[str, Tensor]:
-        """Full gradients of the last backward on rank 0 ({} elsewhere), by parameter name."""
-        grads = {}
-        for name, param in self.model.named_parameters():
-            grad = param.grad.full_tensor() if isinstance(param.grad, DTensor) else param.grad
-            if self.rank == 0:
-                grads[name] = grad.cpu()
-        return grads
-
-    def snapshot(self) -> tuple[dict[str, Tensor], dict]:
-        """Full model and optimizer state dicts on rank 0, CPU ({} elsewhere): for tests and
-        debugging (checkpoints stay sharded). Before the first update the optimizer part is {}:
-        asking torch for it then would run a fake AdamW step that shifts its bias correction."""
-        options = StateDictOptions(full_state_dict=True, cpu_offload=True)
-        optim = {}
-        if self.optimizer.state:
-            optim = get_optimizer_state_dict(self.model, self.optimizer, options=options)
-        state = (get_model_state_dict(self.model, options=options), optim)
-        # copies: on one CPU rank the gathered tensors are the live parameters themselves
-        return tree_map_only(Tensor, torch.clone, state)
 
     # Two results: the part's size, which the driver waits on (an error surfaces there), and the
     # part itself, which stays in the object store until rollout actors read it.

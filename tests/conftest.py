@@ -7,6 +7,7 @@ import os
 import pytest
 
 from core.config import load_config
+from tests.helpers.judge_stub import judge_server  # noqa: F401 (a fixture for every test)
 
 
 @pytest.fixture(scope="session")

@@ -2,7 +2,7 @@
 
 A local cluster (no RAY_ADDRESS) takes 127.0.0.1 as its node address, and Ray 2.60 then binds
 every one of its servers there: GCS, raylet, object manager, workers, dashboard, the dashboard,
-runtime-env and metrics agents, the autoscaler's metrics (`tests/test_shared_machine.py` lists the
+runtime-env and metrics agents, the autoscaler's metrics (`tests/integration/test_shared_machine.py` lists the
 listening sockets of the whole process tree). Ray's token authentication stays as Ray sets it
 for a new local cluster (on, token in ~/.ray/auth_token) unless RAY_AUTH_MODE says otherwise,
 since loopback is still reachable by every user of a shared machine.
