@@ -49,6 +49,7 @@ from actors.imcot import Engine, run_trajectory
 from core.config import Config
 from core.images import decode_image
 from core.metrics import RayMetrics
+from core.spans import Span, SpanLog
 from core.tensors import PackedTensors, unpack
 from core.types import Group, GroupSummary, Sample, Trajectory
 from core.weight_group import GroupSpec, TensorSpec
@@ -146,6 +147,9 @@ class RolloutWorker:
         """Notified each time policy_version goes up (groups waiting for a broadcast version)."""
         self._metrics = RayMetrics(ACTOR_METRICS, tag_keys=("actor",)) if use_ray_tasks else None
         self.occupancy = Occupancy()
+        self.spans = SpanLog()
+        """decode images / generate / tool / reward per group and call, the weight loads' phases
+        (bench anatomy)."""
 
     # Two results: the small GroupSummary the driver reads, and the Group, which stays in the object
     # store (owned by the caller, so it outlives this actor) until the learner fetches it.
@@ -191,12 +195,13 @@ class RolloutWorker:
             if version <= self.policy_version:
                 return
             start = time.perf_counter()
-            if isinstance(weights, ray.ObjectRef):  # a published WeightsRef.ref: the parts' refs
-                weights = await weights
-            if isinstance(weights, list):
-                weights = list(await asyncio.gather(*weights))
-            if isinstance(weights, PackedTensors):
-                weights = unpack(weights)
+            with self.spans.span("weights fetch"):
+                if isinstance(weights, ray.ObjectRef):  # a published WeightsRef.ref: the parts' refs
+                    weights = await weights
+                if isinstance(weights, list):
+                    weights = list(await asyncio.gather(*weights))
+                if isinstance(weights, PackedTensors):
+                    weights = unpack(weights)
             self.occupancy.weights_fetch_s += time.perf_counter() - start
             await self._between_groups(lambda: self.engine.load_weights(weights))
             await self._now_holds(version)
@@ -227,9 +232,11 @@ class RolloutWorker:
         """Run `load` once the groups in flight have finished, starting no group until it is done."""
         self._accepting.clear()
         try:
-            await self._idle.wait()
+            with self.spans.span("weights wait for groups"):
+                await self._idle.wait()
             start = time.perf_counter()
-            phases = await load()
+            with self.spans.span("weights load"):
+                phases = await load()
             self.occupancy.loading_weights_s += time.perf_counter() - start
             totals = self.occupancy.weights_phases_s
             for phase, seconds in (phases or {}).items():  # a test's engine may report none
@@ -264,6 +271,10 @@ class RolloutWorker:
         """Cumulative `Occupancy` figures of this actor (benchmarks diff them per step)."""
         return self.occupancy.figures()
 
+    def take_spans(self) -> list[Span]:
+        """The spans recorded since the last call (`core.spans`)."""
+        return self.spans.take()
+
     def shutdown(self) -> None:
         self.engine.shutdown()
 
@@ -271,17 +282,20 @@ class RolloutWorker:
                               sampling: Sampling | None) -> tuple[GroupSummary, Group]:
         start = time.perf_counter()
         version = self.policy_version
-        views = self._initial_views(sample)
+        with self.spans.span("decode images"):
+            views = self._initial_views(sample)
         cfg = self.cfg if sampling is None else sampling.apply(self.cfg)
-        trajectories = await asyncio.gather(*(
-            self._occupied(run_trajectory(sample, views, self.engine, self._run_tool, cfg,
-                                          group_id=group_id, index=index, policy_version=version))
-            for index in range(cfg.rollout.n)))
+        with self.spans.span("generate"):
+            trajectories = await asyncio.gather(*(
+                self._occupied(run_trajectory(sample, views, self.engine, self._run_tool, cfg,
+                                              group_id=group_id, index=index, policy_version=version))
+                for index in range(cfg.rollout.n)))
         group = Group(group_id=group_id, sample=sample, trajectories=list(trajectories))
-        if self.use_ray_tasks:
-            group = await score_group_task.remote(group, self.cfg.reward)
-        else:
-            group = score_group(group, self.cfg.reward)
+        with self.spans.span("reward"):
+            if self.use_ray_tasks:
+                group = await score_group_task.remote(group, self.cfg.reward)
+            else:
+                group = score_group(group, self.cfg.reward)
         summary = group.summary()
         if self._metrics is not None:
             self._metrics.record({
@@ -311,9 +325,10 @@ class RolloutWorker:
     async def _run_tool(self, call: ToolCall, view: ImageView) -> ToolOutcome:
         self.occupancy.change(in_tools=1)
         try:
-            if self.use_ray_tasks:
-                return await execute_tool_task.remote(call, [view], self.cfg.tools, self.cfg.model)
-            return execute_tool(call, [view], self.cfg.tools, self.cfg.model)
+            with self.spans.span("tool"):
+                if self.use_ray_tasks:
+                    return await execute_tool_task.remote(call, [view], self.cfg.tools, self.cfg.model)
+                return execute_tool(call, [view], self.cfg.tools, self.cfg.model)
         finally:
             self.occupancy.change(in_tools=-1)
 

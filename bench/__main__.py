@@ -1,7 +1,7 @@
 """`python -m bench CASE [--config PRESET_OR_YAML] [--out FILE] [flags] [key=value ...]`
 
 Cases (one module each under bench/cases/; `python -m bench CASE --help` lists a case's flags):
-async_vs_sync, vs_trl, rollout, learner, weight_sync, tools, gpu, deepeyes_mini, pointing. Each writes
+async_vs_sync, anatomy, vs_trl, rollout, learner, weight_sync, tools, gpu, deepeyes_mini, pointing. Each
 one JSON record (default bench/results/CASE.json) and prints a one-line summary. See bench/README.md.
 """
 
@@ -17,8 +17,8 @@ from pathlib import Path
 from bench.common import RESULTS_DIR, write_result
 from core.config import DEFAULT_PRESET, ConfigError, load_config, preset_names
 
-CASES = ("async_vs_sync", "vs_trl", "rollout", "learner", "weight_sync", "tools", "gpu", "deepeyes_mini",
-         "pointing")
+CASES = ("async_vs_sync", "anatomy", "vs_trl", "rollout", "learner", "weight_sync", "tools", "gpu",
+         "deepeyes_mini", "pointing")
 
 
 def build_parser() -> argparse.ArgumentParser:

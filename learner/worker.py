@@ -26,6 +26,7 @@ from transformers import AutoConfig, AutoImageProcessor
 
 from core.config import Config
 from core.metrics import RayMetrics
+from core.spans import Span, SpanLog
 from core.tensors import RankShards
 from core.types import Group
 from core.weight_group import GroupSpec, TensorSpec, WeightGroup, serve_store
@@ -125,6 +126,8 @@ class LearnerWorker:
         self.image_processor = AutoImageProcessor.from_pretrained(model_path, size=size)
         self.image_token_id = AutoConfig.from_pretrained(model_path).image_token_id
         self.step = 0
+        self.spans = SpanLog()
+        """check / collate / forward_backward / optimizer per update, publish, checkpoint (bench anatomy)."""
         self._weight_store: dist.TCPStore | None = None
         self._weight_group: WeightGroup | None = None
         """Rank 0's membership of the broadcast weight-sync group (zoomrl/broadcast_sync.py)."""
@@ -141,10 +144,15 @@ class LearnerWorker:
         start = time.perf_counter()
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
-        batches = [self._prepare(shard) for shard in shards]  # all old logprobs before any step
+        with self.spans.span("collate"):
+            batches = [self._prepare(shard) for shard in shards]  # all old logprobs before any step
         prepared = time.perf_counter()
-        steps = [self._accumulate(batch, shard) | self.optimizer_step()
-                 for batch, shard in zip(batches, shards, strict=True)]
+        steps = []
+        for batch, shard in zip(batches, shards, strict=True):
+            with self.spans.span("forward_backward"):
+                stats = self._accumulate(batch, shard)
+            with self.spans.span("optimizer"):
+                steps.append(stats | self.optimizer_step())
         self.step += 1
         metrics = {key: sum(s[key] for s in steps) / len(steps) for key in steps[0] if key != "tokens"}
         # whole update, collation, and parameter + optimizer bytes: each the largest over ranks
@@ -170,13 +178,14 @@ class LearnerWorker:
         by_id = {group.group_id: group for group in groups}
         shards = [resolve(shard, by_id) for shard in shards]
         refusal, model = "", self.cfg.model
-        try:
-            for item in (item for shard in shards for items in shard.micro_batches for item in items):
-                check_trajectory(item, self.image_token_id, model.min_pixels, model.max_pixels)
-        except BatchError as err:
-            refusal = str(err)
-        refusals = [""] * self.world_size
-        dist.all_gather_object(refusals, refusal)
+        with self.spans.span("check"):
+            try:
+                for item in (item for shard in shards for items in shard.micro_batches for item in items):
+                    check_trajectory(item, self.image_token_id, model.min_pixels, model.max_pixels)
+            except BatchError as err:
+                refusal = str(err)
+            refusals = [""] * self.world_size
+            dist.all_gather_object(refusals, refusal)
         if any(refusals):
             raise BatchError(next(r for r in refusals if r))
         return self.train_step(shards)
@@ -196,7 +205,8 @@ class LearnerWorker:
     def state_dict_for_engine(self) -> tuple[int, RankShards]:
         """This rank's rows of the HF state dict in the engine dtype, for the object store, and
         their size in bytes; no gather (see learner.weights)."""
-        part = rank_shards(self.model, getattr(torch, self.cfg.model.dtype), self.rank, self.world_size)
+        with self.spans.span("publish"):
+            part = rank_shards(self.model, getattr(torch, self.cfg.model.dtype), self.rank, self.world_size)
         return part.nbytes, part
 
     # The broadcast weight sync (`weight_sync.method: nccl | gloo`, zoomrl/broadcast_sync.py):
@@ -236,7 +246,12 @@ class LearnerWorker:
         if step != self.step:
             raise ValueError(f"asked to checkpoint step {step}, but the learner is at step {self.step}")
         state = TrainerState(self.step, self.model_path, self.cfg.model.dtype, self.world_size, extra)
-        return str(save_checkpoint(root, self.model, self.optimizer, state))
+        with self.spans.span("checkpoint"):
+            return str(save_checkpoint(root, self.model, self.optimizer, state))
+
+    def take_spans(self) -> list[Span]:
+        """The spans recorded since the last call (`core.spans`)."""
+        return self.spans.take()
 
     def load_checkpoint(self, path: str) -> TrainerState:
         """Resume model, optimizer, step and RNG from a checkpoint folder."""

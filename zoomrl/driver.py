@@ -49,6 +49,7 @@ from core.config import Config, save_config
 from core.data import read_samples
 from core.metrics import METRICS_BY_NAME, DriverMetrics
 from core.progress import Say, StartupLog
+from core.spans import SpanLog
 from core.stream import PromptStream, StreamPosition
 from core.types import FinishedGroup, GroupSummary, Sample
 from learner.checkpoint import remove_old_checkpoints
@@ -140,6 +141,8 @@ class Driver:
         """Why the run stops: a group failed on the judge more than reward.judge.group_retries times."""
         self.trackers = open_trackers(cfg, self.run_dir, self.metrics, self.step if resume else None)
         """Where each step's figures and sample trajectories go (metrics.jsonl, endpoint, trackers)."""
+        self.spans = SpanLog()
+        """What the loop spends its time on, span by span (`python -m bench anatomy` reads them)."""
 
     # ---- requests ----
     def _next_request_step(self) -> int:
@@ -220,11 +223,13 @@ class Driver:
         groups = [item.summary for item in batch]
         for item in batch:
             self.outstanding.pop(item.group_id, None)
-        learner_figures = self.learner.train_step([item.ref for item in batch], groups)
+        with self.spans.span("update"):
+            learner_figures = self.learner.train_step([item.ref for item in batch], groups)
         version = self.learner.step
         sync_start = time.perf_counter()
         if version != self.sent_version:
-            self._send_weights(version, wait=False)
+            with self.spans.span("publish"):
+                self._send_weights(version, wait=False)
             self.sent_version = version
         sync_s = time.perf_counter() - sync_start
         queue_stats = self.queue.stats()
@@ -237,11 +242,14 @@ class Driver:
         self.rollout_tokens, self.last_step_time = 0, now
         self.step = version
         if self.val_questions and self.step % self.cfg.run.eval_every == 0:
-            figures.update(self._validate())
-        self._log(figures, learner_figures, queue_stats, batch, groups)
+            with self.spans.span("validate"):
+                figures.update(self._validate())
+        with self.spans.span("log"):
+            self._log(figures, learner_figures, queue_stats, batch, groups)
         every = self.cfg.run.checkpoint_every
         if (every and self.step % every == 0) or self.step == self.cfg.run.total_steps:
-            self._checkpoint()
+            with self.spans.span("checkpoint"):
+                self._checkpoint()
         return figures
 
     def _send_weights(self, version: int, wait: bool) -> None:
@@ -319,9 +327,12 @@ class Driver:
             self.say(f"step {self.step + 1} requested ({len(self.outstanding)} groups of "
                      f"{self.cfg.rollout.n} in flight)")
         while self.step < self.cfg.run.total_steps and not self.stop_requested and not self.judge_down:
-            self._follow_control()
-            self._request_groups()
-            self._collect(timeout_s=0.05)  # stale groups dropped on the way
+            with self.spans.span("control"):
+                self._follow_control()
+            with self.spans.span("request"):
+                self._request_groups()
+            with self.spans.span("wait for groups"):
+                self._collect(timeout_s=0.05)  # stale groups dropped on the way
             batch = self.queue.take(self.cfg.learner.prompts_per_step, self.step)
             if batch is not None:
                 on_step(self._train(batch))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import os
+import time
 
 import numpy as np
 import pytest
@@ -133,7 +134,14 @@ def test_two_ranks_equal_plain_single_process(group, groups, cfg, tiny_model_pat
 
 
 def test_metrics_per_update(group, groups):
+    ray.get([w.take_spans.remote() for w in group.workers])  # what earlier tests left
+    started = time.time()
     metrics = train(group, groups)
+    for spans in ray.get([w.take_spans.remote() for w in group.workers]):  # bench anatomy's lanes
+        assert [s.name for s in spans] == ["check", "collate", "forward_backward", "optimizer"]
+        assert all(started <= s.start <= s.end for s in spans)
+        assert all(a.end <= b.start for a, b in zip(spans, spans[1:], strict=False))  # one after another
+        assert sum(s.seconds for s in spans[1:]) <= metrics["learner_seconds"]  # it times from collate
     for key in ("loss", "clip_fraction", "dual_clip_fraction", "approx_kl", "entropy", "grad_norm",
                 "learner_tokens_per_s", "learner_peak_memory_bytes"):
         assert isinstance(metrics[key], float), key

@@ -69,7 +69,17 @@ def generate(actor, sample, group_id):
 
 def test_forced_zooms_run_through_vllm_and_match_transformers_logprobs(forced, sample, tiny_model_path):
     actor, cfg = forced
+    ray.get(actor.take_spans.remote())  # the start-up's
     summary, group = generate(actor, sample, "forced-0")
+    # The actor's spans (bench anatomy's lane): the group's images decoded, its trajectories
+    # generated, its 4 calls waiting on tool tasks inside that, then the reward task.
+    spans = ray.get(actor.take_spans.remote())
+    [generated] = [s for s in spans if s.name == "generate"]
+    [scored] = [s for s in spans if s.name == "reward"]
+    tools = [s for s in spans if s.name == "tool"]
+    assert len(tools) == 4 and all(generated.start <= s.start <= s.end <= generated.end for s in tools)
+    assert spans[0].name == "decode images" and spans[0].end <= generated.start
+    assert generated.end <= scored.start and len(spans) == 7
     assert summary.group_id == "forced-0" and len(summary.trajectories) == 2 and summary.policy_version == 0
     for traj in group.trajectories:
         assert traj.end_reason == "answer" and traj.num_turns == 3
