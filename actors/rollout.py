@@ -282,8 +282,8 @@ class RolloutWorker:
                               sampling: Sampling | None) -> tuple[GroupSummary, Group]:
         start = time.perf_counter()
         version = self.policy_version
-        with self.spans.span("decode images"):
-            views = self._initial_views(sample)
+        with self.spans.span("decode images"):  # in a thread: the loop goes on feeding the engine
+            views = await asyncio.to_thread(self._initial_views, sample)
         cfg = self.cfg if sampling is None else sampling.apply(self.cfg)
         with self.spans.span("generate"):
             trajectories = await asyncio.gather(*(
