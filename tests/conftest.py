@@ -24,6 +24,15 @@ def tiny_model_path(tiny_cfg) -> str:
     return ensure_model(tiny_cfg.model)
 
 
+@pytest.fixture(scope="module")
+def groups(tiny_model_path):
+    """Two GRPO groups of 4 real multi-turn trajectories of the tiny model (tests/helpers/trajectories.py);
+    a module's own copy, so its tests may change them."""
+    from tests.helpers.trajectories import make_groups
+
+    return make_groups(tiny_model_path, num_groups=2, n=4, seed=0)
+
+
 @pytest.fixture(scope="session")
 def synth_dir(tmp_path_factory):
     """A small synthetic set (8 train, 4 test rows of 1024 px images)."""

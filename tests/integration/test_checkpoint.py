@@ -28,13 +28,7 @@ from learner.checkpoint import (
     remove_old_checkpoints,
 )
 from tests.helpers.learner import assert_same_state, full_state, local_worker, shard_of
-from tests.helpers.trajectories import make_groups
 from zoomrl.cli import main as zoomrl_main
-
-
-@pytest.fixture(scope="module")
-def groups(tiny_model_path):
-    return make_groups(tiny_model_path, num_groups=2, n=4, seed=0)
 
 
 def test_resume_is_bit_identical(tmp_path, tiny_model_path, groups):

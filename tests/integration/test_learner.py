@@ -27,12 +27,6 @@ from tests.helpers.learner import (
     reference_grads,
     shard_of,
 )
-from tests.helpers.trajectories import make_groups
-
-
-@pytest.fixture(scope="module")
-def groups(tiny_model_path):
-    return make_groups(tiny_model_path, num_groups=2, n=4, seed=0)
 
 
 @pytest.fixture(scope="module")

@@ -37,7 +37,6 @@ from tests.helpers.learner import (
     without_images,
 )
 from tests.helpers.ray_metrics import samples, scrape_ray_metrics
-from tests.helpers.trajectories import make_groups
 
 OVERRIDES = [
     "learner.num_ranks=2", "learner.num_gpus_per_rank=0", "learner.num_cpus_per_rank=1",
@@ -57,11 +56,6 @@ def group(ray_cluster, cfg, tiny_model_path):
     learner_group = LearnerGroup(cfg, tiny_model_path)
     yield learner_group
     learner_group.shutdown()
-
-
-@pytest.fixture(scope="module")
-def groups(tiny_model_path):
-    return make_groups(tiny_model_path, num_groups=2, n=4, seed=0)
 
 
 def train(group: LearnerGroup, groups: list[Group]) -> dict:

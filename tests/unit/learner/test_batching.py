@@ -23,12 +23,7 @@ from learner.batching import (
 )
 from learner.model import load_policy, token_logprobs
 from tests.helpers.learner import advantages, reference_logprobs, without_images
-from tests.helpers.trajectories import hf_logprobs, make_groups
-
-
-@pytest.fixture(scope="module")
-def groups(tiny_model_path):
-    return make_groups(tiny_model_path, num_groups=2, n=4, seed=0)
+from tests.helpers.trajectories import hf_logprobs
 
 
 @pytest.fixture(scope="module")
