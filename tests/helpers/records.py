@@ -1,5 +1,6 @@
 """Records for hand-built tests: reward parts weighted as the reference recipe weights, an eval
-record as `zoomrl eval` writes it, and a finished group as the replay queue holds it."""
+record as `zoomrl eval` writes it, a finished group as the replay queue holds it, and two steps'
+figures as the driver logs them."""
 
 import dataclasses
 
@@ -32,3 +33,10 @@ def finished_group(i: int, version: int, ref: object = None) -> FinishedGroup:
     trajectory = TrajectorySummary(f"g{i}", 0, num_tokens=8, num_sampled_tokens=4, policy_version=version,
                                    end_reason="answer", tool_calls=[], reward=0.0, reward_parts=None)
     return FinishedGroup(ref=ref or f"ref-{i}", summary=GroupSummary(f"g{i}", "synth", [trajectory]))
+
+
+STEPS = [  # two steps' figures: documented names, a validation figure, a counter's running total
+    {"accuracy": 0.25, "loss": 1.5, "val/accuracy": 0.5, "dropped_groups": 1},
+    {"accuracy": 0.75, "loss": 0.5, "val/accuracy": 0.625, "dropped_groups": 3},
+]
+DETAILS = {"learner": {"entropy": 2.0}, "batch": [{"group_id": "g0", "policy_version": 0}]}
