@@ -1,10 +1,10 @@
 """anatomy: where a step's wall time goes, from the spans every process records about its own work.
 
 The real `zoomrl.driver.Driver` trains --steps synchronous steps (queue.max_staleness 0) and then
---steps asynchronous ones (1), each run with a warm-up step before and a final step after, as in
-async_vs_sync. After every step the case takes the spans (core/spans.py) of the driver, of every
-rollout actor and of every learner rank; a step is the wall time from the end of the previous
-step to the end of this one.
+--steps asynchronous ones (1), each run with a warm-up step before and a final step after
+(bench/driver_run.py, shared with async_vs_sync and vs_trl). After every step it takes the spans
+(core/spans.py) of the driver, of every rollout actor and of every learner rank; a step is the
+wall time from the end of the previous step to the end of this one.
 
 Per measured step and per process (lane), the seconds of each span name inside the step (spans of
 one name that overlap, such as the groups or tool calls an actor has in flight at once, count
@@ -27,15 +27,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
-import tempfile
-import time
 from pathlib import Path
 
-import ray
-
-from bench.cases.async_vs_sync import run_config
 from bench.common import RESULTS_DIR, Result, spread
+from bench.driver_run import run_schedule
 from core.config import Config
 from core.spans import Span
 from zoomrl.cluster import start_ray
@@ -88,38 +83,6 @@ def anatomy(lanes: dict[str, list[Span]], ends: list[float]) -> list[dict]:
                       "update_s": update, "update_in_ranks_s": in_ranks,
                       "update_outside_ranks_s": update - in_ranks, "lanes": per_lane})
     return steps
-
-
-def one_schedule(cfg: Config, staleness: int, steps: int) -> tuple[dict[str, list[Span]], list[float]]:
-    """Train 1 + steps + 1 steps; every process's spans by lane, and the end time of each step."""
-    from zoomrl.driver import Driver
-    from zoomrl.run_setup import new_run_dir
-
-    runs_dir = tempfile.mkdtemp(prefix="zoomrl-bench-anatomy-")
-    cfg = run_config(cfg, staleness, steps, runs_dir)
-    driver = Driver(cfg, new_run_dir(cfg))
-    lanes: dict[str, list[Span]] = {"driver": []}
-    ends: list[float] = []
-
-    def take_spans(figures: dict) -> None:
-        ends.append(time.time())
-        with driver.spans.span("bench: take spans"):  # this case's own cost, in the next step
-            actors = driver.pool.actors
-            taken = ray.get([a.take_spans.remote() for a in actors] + [w.take_spans.remote()
-                                                                       for w in driver.learner.workers])
-        lanes["driver"] += driver.spans.take()
-        for i, spans in enumerate(taken[:len(actors)]):
-            lanes.setdefault(f"rollout {i}", []).extend(spans)
-        for rank, spans in enumerate(taken[len(actors):]):
-            lanes.setdefault(f"learner rank {rank}", []).extend(spans)
-
-    try:
-        driver.spans.take()  # start-up is not a step
-        driver.run(on_step=take_spans)
-    finally:
-        driver.close()
-        shutil.rmtree(runs_dir, ignore_errors=True)
-    return lanes, ends
 
 
 def summarize(steps: list[dict]) -> dict:
@@ -179,9 +142,9 @@ def run(args: argparse.Namespace, cfg: Config) -> Result:
     out = Path(args.out or RESULTS_DIR / f"{NAME}.json")
     runs, figures = {}, {}
     for schedule, staleness in SCHEDULES.items():
-        lanes, ends = one_schedule(cfg, staleness, args.steps)
-        runs[schedule] = (lanes, ends)
-        steps = anatomy(lanes, ends)
+        measured = run_schedule(cfg, staleness, args.steps)
+        runs[schedule] = (measured.lanes, measured.ends)
+        steps = anatomy(measured.lanes, measured.ends)
         figures[schedule] = summarize(steps) | {"steps": steps}
         print(f"  {schedule}: step {figures[schedule]['step_s']['median']:.2f}s, explained "
               f"{figures[schedule]['explained']['min']:.3f} (min)", flush=True)

@@ -1,39 +1,41 @@
 """async_vs_sync: GRPO steps per minute with queue.max_staleness 1 (rollout overlaps training) vs 0
-(generate -> train -> sync), goal >= 2x, plus the pipeline view of every step and the groups each
-run's queue dropped as stale (rollout work thrown away).
+(generate -> train -> sync), goal >= 2x, against the ceiling this machine allows (goal: async
+reaches >= 90% of it), plus the pipeline view of every step and the groups each run's queue
+dropped as stale (rollout work thrown away).
 
-Both schedules run the real `zoomrl.driver.Driver` with the same config (batch, prompts, token
-budgets, rollout actors and learner ranks); only queue.max_staleness differs. Runs interleave
-(sync, async, sync, async, ...) so both see the same background load, and the ratio is given per
-pair with its spread. Each run trains 1 warm-up step, --steps measured steps and 1 final step (its
-tail has nothing to overlap with, and the run ends with a checkpoint), so a measured step is
-always in steady state. Engine and learner start-up are excluded.
+Both schedules run the real `zoomrl.driver.Driver` (bench/driver_run.py: 1 warm-up step, --steps
+measured, 1 final) with the same config; only queue.max_staleness differs. Runs interleave (sync,
+async, sync, async, ...) so both see the same background load, and the ratio is given per pair
+with its spread. Engine and learner start-up are excluded.
 
-Per measured step (from the run's metrics.jsonl and `RolloutWorker.timing()` of every actor):
-period = wall time since the previous step ended; learner busy = the update's wall time
-(`learner_seconds`); rollout busy = time the busiest actor had trajectories in flight or was
-loading weights; weight sync = publish + load in every engine (both sides wait on it); idle =
-period - busy, per side; overlap efficiency = period / max(rollout busy, learner busy) (1.0: the
-step takes only as long as its slower side; 2.0: the sides ran one after the other, equally long).
+Per measured step, from the spans every process records (core/spans.py): period = wall time since
+the previous step ended; rollout busy = the busiest rollout actor's time inside any of its spans
+(decode, generate, tool, reward, weights); learner busy = the busiest rank's (check, collate,
+forward_backward, optimizer, publish); idle = period - busy, per side; overlap efficiency =
+period / max(rollout busy, learner busy) (1.0: the step takes only as long as its slower side;
+2.0: the sides ran one after the other, equally long); CPU seconds per role (bench/processes.py).
+
+The ceiling: on a machine whose cores the two sides share, overlapping cannot beat 2x; it can only
+fill what the synchronous schedule leaves idle. From each synchronous step's measured figures, the
+shortest period any schedule could reach is max(CPU seconds of the whole process tree / cores,
+the longest side's own busy time); ceiling = synchronous period / that. The async speed-up is
+reported as a share of the ceiling of its pair.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import shutil
-import tempfile
-import time
+import os
 
-import ray
-from omegaconf import OmegaConf
-
+from bench.cases.anatomy import lane_figures
 from bench.common import Result, spread
+from bench.driver_run import ScheduleRun, run_schedule
 from core.config import Config
 from zoomrl.cluster import start_ray
 
 NAME = "async_vs_sync"
 GOAL_SPEEDUP = 2.0
+GOAL_SHARE_OF_CEILING = 0.9
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -42,107 +44,93 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--staleness", type=int, default=1, help="queue.max_staleness of the async runs")
 
 
-def run_config(cfg: Config, staleness: int, steps: int, runs_dir: str) -> Config:
-    """The run's config: the schedule, 1 + steps + 1 steps, a free metrics port, a scratch run dir."""
-    in_flight = cfg.learner.prompts_per_step * (staleness + 1)
-    return OmegaConf.merge(cfg, {
-        "queue": {"max_staleness": staleness, "capacity_groups": max(cfg.queue.capacity_groups, in_flight)},
-        "run": {"total_steps": steps + 2, "checkpoint_every": 0, "runs_dir": runs_dir,
-                "name": f"bench-staleness{staleness}", "eval_every": 0},  # the schedule alone
-        "metrics": {"port": 0}})
+def _busiest(run: ScheduleRun, prefix: str, start: float, end: float) -> float:
+    return max(lane_figures(spans, start, end)["busy_s"] for lane, spans in run.lanes.items()
+               if lane.startswith(prefix))
 
 
-def _occupied(timing: dict) -> float:
-    return timing["busy_s"] + timing["loading_weights_s"]
-
-
-def pipeline(records: list[dict], samples: list[tuple[float, list[dict]]]) -> list[dict]:
-    """Per measured step: period, busy and idle time of each side, overlap efficiency.
-
-    records: metrics.jsonl lines; samples: (time, timing() of every actor) right after each step.
-    """
+def pipeline(run: ScheduleRun) -> list[dict]:
+    """Per measured step: period, busy and idle time of each side, overlap efficiency, CPU seconds."""
     steps = []
-    for k in range(1, len(records) - 1):  # records[0] is the warm-up, records[-1] the final step
-        period = records[k]["time"] - records[k - 1]["time"]
-        rollout = max(_occupied(after) - _occupied(before)
-                      for after, before in zip(samples[k][1], samples[k - 1][1], strict=True))
-        learner = records[k]["learner"]["learner_seconds"]
+    cpu = {role: run.cpu_per_step(role) for role in ("rollout", "learner", "all")}
+    for k, period in enumerate(run.periods()):
+        start, end = run.ends[k], run.ends[k + 1]
+        rollout, learner = _busiest(run, "rollout", start, end), _busiest(run, "learner", start, end)
         steps.append({
-            "step": records[k]["step"], "period_s": period, "rollout_busy_s": rollout,
-            "learner_busy_s": learner, "weight_sync_s": records[k]["weight_sync_seconds"],
+            "period_s": period, "rollout_busy_s": rollout, "learner_busy_s": learner,
             "rollout_idle_s": max(period - rollout, 0.0), "learner_idle_s": max(period - learner, 0.0),
             "overlap_efficiency": period / max(rollout, learner, 1e-9),
-            "policy_staleness": records[k]["policy_staleness"],
+            "cpu_s": {role: seconds[k] for role, seconds in cpu.items()},
         })
     return steps
 
 
-def one_run(cfg: Config, staleness: int, steps: int) -> dict:
-    from zoomrl.driver import Driver
-    from zoomrl.run_setup import new_run_dir
-
-    runs_dir = tempfile.mkdtemp(prefix="zoomrl-bench-")
-    cfg = run_config(cfg, staleness, steps, runs_dir)
-    started = time.perf_counter()
-    driver = Driver(cfg, new_run_dir(cfg))
-    startup_s = time.perf_counter() - started
-    samples: list[tuple[float, list[dict]]] = []
-
-    def on_step(figures: dict) -> None:
-        samples.append((time.perf_counter(), ray.get([a.timing.remote() for a in driver.pool.actors])))
-
-    try:
-        driver.run(on_step=on_step)
-        lines = (driver.run_dir / "metrics.jsonl").read_text().splitlines()
-        dropped = driver.dropped_groups
-    finally:
-        driver.close()
-        shutil.rmtree(runs_dir, ignore_errors=True)
-    records = [json.loads(line) for line in lines]
-    per_step = pipeline(records, samples)
-    measured_s = records[-2]["time"] - records[0]["time"]
+def summarize(run: ScheduleRun) -> dict:
+    per_step = pipeline(run)
     return {
-        "max_staleness": staleness, "startup_s": startup_s, "measured_steps": len(per_step),
-        "steps_per_minute": 60.0 * len(per_step) / measured_s,
-        "rollout_tokens_per_s": spread([r["rollout_tokens_per_s"] for r in records[1:-1]]),
-        "learner_tokens_per_s": spread([r["learner"]["learner_tokens_per_s"] for r in records[1:-1]]),
-        "response_tokens": spread([r["response_tokens"] for r in records[1:-1]]),
+        "max_staleness": run.staleness, "startup_s": run.startup_s, "measured_steps": len(per_step),
+        "steps_per_minute": 60.0 * len(per_step) / sum(run.periods()),
+        "period_s": spread(run.periods()),
         "overlap_efficiency": spread([s["overlap_efficiency"] for s in per_step]),
-        "dropped_groups": dropped,
+        "dropped_groups": run.dropped_groups, "memory": run.memory,
         "steps": per_step,
     }
 
 
+def ceiling(sync: dict, cores: int) -> dict:
+    """The most an overlapping schedule could gain over this synchronous run on `cores` cores."""
+    def median(key: str, role: str = "") -> float:
+        return spread([s[key][role] if role else s[key] for s in sync["steps"]])["median"]
+
+    period, cpu = median("period_s"), median("cpu_s", "all")
+    longest = max(median("rollout_busy_s"), median("learner_busy_s"))
+    best = max(cpu / cores, longest)
+    return {"sync_period_s": period, "cpu_s_per_step": cpu, "cores": cores, "longest_side_s": longest,
+            "best_period_s": best, "bound_by": "cores" if cpu / cores >= longest else "the longest side",
+            "speedup": period / best}
+
+
 def run(args: argparse.Namespace, cfg: Config) -> Result:
     start_ray(cfg)
+    cores = len(os.sched_getaffinity(0))
     runs = []
     for _ in range(args.pairs):
         for staleness in (0, args.staleness):
-            runs.append(one_run(cfg, staleness, args.steps))
+            runs.append(summarize(run_schedule(cfg, staleness, args.steps)))
             print(f"  max_staleness {staleness}: {runs[-1]['steps_per_minute']:.1f} steps/min, "
                   f"{runs[-1]['dropped_groups']} groups dropped as stale", flush=True)
-    ratios = [a["steps_per_minute"] / s["steps_per_minute"]
-              for s, a in zip(runs[0::2], runs[1::2], strict=True)]
+    pairs = []
+    for sync, async_ in zip(runs[0::2], runs[1::2], strict=True):
+        speedup = async_["steps_per_minute"] / sync["steps_per_minute"]
+        bound = ceiling(sync, cores)
+        pairs.append({"speedup": speedup, "ceiling": bound, "share_of_ceiling": speedup / bound["speedup"]})
     by_mode = {mode: [r for r in runs if r["max_staleness"] == staleness]
                for mode, staleness in (("sync", 0), ("async", args.staleness))}
     figures = {
-        "ratio_async_over_sync": spread(ratios), "ratios": ratios,
+        "ratio_async_over_sync": spread([p["speedup"] for p in pairs]),
+        "ceiling": spread([p["ceiling"]["speedup"] for p in pairs]),
+        "share_of_ceiling": spread([p["share_of_ceiling"] for p in pairs]),
+        "pairs": pairs,
         "steps_per_minute": {mode: spread([r["steps_per_minute"] for r in rs])
                              for mode, rs in by_mode.items()},
         "overlap_efficiency": {mode: spread([s["overlap_efficiency"] for r in rs for s in r["steps"]])
                                for mode, rs in by_mode.items()},
+        "cpu_s_per_step": {mode: {role: spread([s["cpu_s"][role] for r in rs for s in r["steps"]])
+                                  for role in ("rollout", "learner", "all")} for mode, rs in by_mode.items()},
         "dropped_groups": {mode: sum(r["dropped_groups"] for r in rs) for mode, rs in by_mode.items()},
         "runs": runs,
     }
-    ratio = figures["ratio_async_over_sync"]
-    eff = figures["overlap_efficiency"]
-    spm = figures["steps_per_minute"]
+    ratio, share = figures["ratio_async_over_sync"], figures["share_of_ceiling"]
+    eff, spm = figures["overlap_efficiency"], figures["steps_per_minute"]
     met = "met" if ratio["median"] >= GOAL_SPEEDUP else "MISSED"
+    met_share = "met" if share["median"] >= GOAL_SHARE_OF_CEILING else "MISSED"
     summary = (f"steps/min sync {spm['sync']['median']:.1f}, async {spm['async']['median']:.1f}; "
                f"async/sync {ratio['median']:.2f}x (min {ratio['min']:.2f}, max {ratio['max']:.2f}, "
-               f"{len(ratios)} pairs; goal >= {GOAL_SPEEDUP}: {met}); overlap efficiency sync "
+               f"{len(pairs)} pairs; goal >= {GOAL_SPEEDUP}: {met}); ceiling on {cores} cores "
+               f"{figures['ceiling']['median']:.2f}x, async reached {100 * share['median']:.0f}% of it "
+               f"(goal >= {100 * GOAL_SHARE_OF_CEILING:.0f}%: {met_share}); overlap efficiency sync "
                f"{eff['sync']['median']:.2f}, async {eff['async']['median']:.2f}; groups dropped as stale "
                f"sync {figures['dropped_groups']['sync']}, async {figures['dropped_groups']['async']}")
     notes = [f"rollout actors {cfg.rollout.num_workers} x {cfg.rollout.num_cpus_per_worker} CPU, learner "
-             f"ranks {cfg.learner.num_ranks} x {cfg.learner.num_cpus_per_rank} CPU"]
+             f"ranks {cfg.learner.num_ranks} x {cfg.learner.num_cpus_per_rank} CPU, {cores} cores"]
     return Result(figures, summary, notes)

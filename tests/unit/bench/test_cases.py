@@ -14,7 +14,9 @@ import pytest
 from bench.__main__ import CASES, build_parser, main
 from bench.cases import async_vs_sync, gpu, rollout, vs_trl, weight_sync
 from bench.common import spread
+from bench.driver_run import ScheduleRun, run_config
 from core.config import load_config
+from core.spans import Span
 
 
 def test_tools_case_writes_a_sane_record(tmp_path):
@@ -53,7 +55,7 @@ def test_a_bad_override_stops_before_anything_runs(capsys):
 
 def test_heavy_case_configs():
     cfg = load_config("tiny-cpu")
-    run = async_vs_sync.run_config(cfg, staleness=1, steps=3, runs_dir="/tmp/x")
+    run = run_config(cfg, staleness=1, steps=3, runs_dir="/tmp/x")
     assert run.queue.max_staleness == 1 and run.run.total_steps == 5 and run.metrics.port == 0
     assert run.queue.capacity_groups >= 2 * cfg.learner.prompts_per_step
     single = vs_trl.single_turn(cfg, 32)
@@ -82,19 +84,38 @@ def test_trl_gets_the_prompt_zoomrl_renders():
 
 
 def test_pipeline_view_of_steps():
-    def actor(busy: float, loading: float) -> dict:
-        return {"busy_s": busy, "loading_weights_s": loading}
-
-    records = [{"step": k, "time": t, "weight_sync_seconds": 0.1, "policy_staleness": 1.0,
-                "learner": {"learner_seconds": 2.0}} for k, t in ((1, 10.0), (2, 13.0), (3, 16.0), (4, 20.0))]
-    samples = [(0.0, [actor(b, 0.0)]) for b in (2.0, 5.0, 7.0, 9.0)]
-    steps = async_vs_sync.pipeline(records, samples)
-    assert [s["step"] for s in steps] == [2, 3]  # warm-up and final steps left out
-    assert steps[0]["period_s"] == pytest.approx(3.0) and steps[0]["rollout_busy_s"] == pytest.approx(3.0)
+    """Steps end at 10, 13, 16, 20 (warm-up, two measured, final); the actor generates 3 s of the
+    first measured step, twice 1 s (overlapping) of the second; the rank trains 2 s in each."""
+    run = ScheduleRun(0, startup_s=1.0, ends=[10.0, 13.0, 16.0, 20.0], lanes={
+        "driver": [],
+        "rollout 0": [Span("generate", 10.0, 13.0), Span("generate", 13.5, 14.5), Span("tool", 14.0, 15.0)],
+        "learner rank 0": [Span("forward_backward", 11.0, 13.0), Span("optimizer", 14.0, 16.0)]},
+        cpu=[{"rollout": r, "learner": r, "all": 2 * r} for r in (0.0, 3.0, 7.0, 9.0)])
+    assert run.periods() == [3.0, 3.0]  # the final step left out
+    steps = async_vs_sync.pipeline(run)
+    assert steps[0]["rollout_busy_s"] == pytest.approx(3.0)
+    assert steps[0]["learner_busy_s"] == pytest.approx(2.0)
     assert steps[0]["overlap_efficiency"] == pytest.approx(1.0)
-    assert steps[1]["rollout_idle_s"] == pytest.approx(1.0)
+    assert steps[1]["rollout_busy_s"] == pytest.approx(1.5)  # overlapping spans count once
+    assert steps[1]["rollout_idle_s"] == pytest.approx(1.5)
     assert steps[1]["learner_idle_s"] == pytest.approx(1.0)
+    assert [s["cpu_s"]["all"] for s in steps] == [6.0, 8.0]
     assert spread([3.0, 1.0, 2.0]) == {"median": 2.0, "min": 1.0, "max": 3.0, "n": 3}
+
+
+def test_the_async_ceiling_is_what_the_sync_schedule_leaves_idle():
+    def step(period: float, rollout: float, learner: float, cpu: float) -> dict:
+        return {"period_s": period, "rollout_busy_s": rollout, "learner_busy_s": learner,
+                "cpu_s": {"all": cpu}}
+
+    # 1 s of rollout on 1 core, then 1 s of learner on 2 cores: 3 core-seconds in a 2 s period;
+    # on 2 cores no schedule does it in under 1.5 s
+    bound = async_vs_sync.ceiling({"steps": [step(2.0, 1.0, 1.0, 3.0)] * 3}, cores=2)
+    assert bound["best_period_s"] == pytest.approx(1.5) and bound["bound_by"] == "cores"
+    assert bound["speedup"] == pytest.approx(2.0 / 1.5)
+    # with cores to spare the longer side bounds it
+    bound = async_vs_sync.ceiling({"steps": [step(2.0, 1.2, 0.8, 2.0)]}, cores=4)
+    assert bound["best_period_s"] == pytest.approx(1.2) and bound["bound_by"] == "the longest side"
 
 
 def test_gpu_case_runs_its_cpu_parts(tmp_path):
