@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from transformers import AutoImageProcessor, AutoProcessor, Qwen2_5_VLForConditionalGeneration
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 from learner.attention import packed_sdpa_attention
 from learner.batching import (
@@ -208,3 +209,43 @@ def test_packed_attention_equals_block_diagonal_mask():
     with pytest.raises(ValueError, match="one packed row"):
         packed_sdpa_attention(module, query.expand(2, -1, -1, -1), key.expand(2, -1, -1, -1),
                               value.expand(2, -1, -1, -1), None, position_ids=positions.expand(2, -1))
+
+
+@pytest.mark.parametrize("causal", [True, False])
+def test_packed_attention_batches_runs_of_equal_length(causal, monkeypatch):
+    """Consecutive sequences of one length (a vision tower's windows) take one SDPA call as a batch;
+    output and gradients equal one SDPA over the row with the block-diagonal mask."""
+    import learner.attention
+
+    calls = []
+
+    def counted(*args, **kwargs):
+        calls.append(args[1].shape[0])  # the batch: sequences in the call
+        return sdpa_attention_forward(*args, **kwargs)
+
+    monkeypatch.setattr(learner.attention, "sdpa_attention_forward", counted)
+    torch.manual_seed(0)
+    lengths = [4, 4, 4, 2, 6, 6, 4]
+    total = sum(lengths)
+    seq = torch.repeat_interleave(torch.arange(len(lengths)), torch.tensor(lengths))
+    allowed = seq[:, None] == seq[None, :]
+    if causal:
+        allowed &= torch.ones(total, total, dtype=torch.bool).tril()
+    module = torch.nn.Module()
+    module.is_causal, module.num_key_value_groups = causal, 2
+    cu_seqlens = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()], dtype=torch.int32)
+    bounds = ({"position_ids": torch.cat([torch.arange(n) for n in lengths])[None]} if causal
+              else {"cu_seq_lens_q": cu_seqlens, "max_length_q": 6})
+    base = [torch.randn(1, heads, total, 8) for heads in (4, 2, 2)]
+    got_inputs = [t.clone().requires_grad_() for t in base]
+    got, _ = packed_sdpa_attention(module, *got_inputs, None, scaling=0.3, **bounds)
+    assert calls == [3, 1, 2, 1]
+    want_inputs = [t.clone().requires_grad_() for t in base]
+    query, key, value = want_inputs
+    want = torch.nn.functional.scaled_dot_product_attention(
+        query, key.repeat_interleave(2, 1), value.repeat_interleave(2, 1), attn_mask=allowed, scale=0.3)
+    assert torch.allclose(got, want.transpose(1, 2), atol=1e-6)
+    got.square().sum().backward()
+    want.transpose(1, 2).square().sum().backward()
+    for g, w in zip(got_inputs, want_inputs, strict=True):
+        assert torch.allclose(g.grad, w.grad, atol=1e-5)
