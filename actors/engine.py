@@ -89,7 +89,9 @@ class TurnOutput:
 class VLLMEngine:
     """vLLM's AsyncLLM, loaded from a model folder, with a turn-level API."""
 
-    def __init__(self, model_path: str, cfg: Config) -> None:
+    def __init__(self, model_path: str, cfg: Config, cpu_cores: str = "") -> None:
+        """cpu_cores: the cores this engine computes on (an entry of rollout.engine.cpu_cores; CPU
+        only), '' = vLLM's own binding."""
         from vllm.config import WeightTransferConfig
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM
@@ -100,6 +102,8 @@ class VLLMEngine:
         engine = cfg.rollout.engine
         if not torch.cuda.is_available():  # read by the engine-core process at start-up
             os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(engine.cpu_kvcache_space_gib)
+            if cpu_cores:
+                os.environ["VLLM_CPU_OMP_THREADS_BIND"] = cpu_cores
         # vLLM's processes talk over unix sockets it creates in VLLM_RPC_BASE_PATH (default: the temp
         # dir, where several are left behind after every run): this engine's go in a folder of its own,
         # removed at shutdown.

@@ -132,9 +132,10 @@ class RolloutWorker:
     """
 
     def __init__(self, cfg: Config, model_path: str, engine: Engine | None = None,
-                 use_ray_tasks: bool = True) -> None:
+                 use_ray_tasks: bool = True, cpu_cores: str = "") -> None:
+        """engine: None starts a VLLMEngine (on `cpu_cores`, see rollout.engine.cpu_cores)."""
         self.cfg = cfg
-        self.engine = engine if engine is not None else VLLMEngine(model_path, cfg)
+        self.engine = engine if engine is not None else VLLMEngine(model_path, cfg, cpu_cores)
         self.use_ray_tasks = use_ray_tasks
         self.policy_version = 0
         self._groups_in_flight = 0
@@ -159,10 +160,15 @@ class RolloutWorker:
         """rollout.n trajectories of one prompt, scored as a group by the reward task.
 
         policy: the group runs on this version or a newer one (loaded from `policy.ref` if no
-        update brought it yet, waited for if the ref is None: a broadcast brings it); None runs it
-        on whatever is loaded. sampling: this group's n and temperature, None = the config's.
+        update brought it yet, waited for if the ref is None: a broadcast, or the update of a
+        group requested ahead of its version, brings it); None runs it on whatever is loaded.
+        The images are decoded first: that needs no weights, so a group requested ahead is ready
+        to generate the moment its version arrives. sampling: this group's n and temperature, None
+        = the config's.
         """
         with self._engine_death_is_fatal():
+            with self.spans.span("decode images"):  # in a thread: the loop goes on feeding the engine
+                views = await asyncio.to_thread(self._initial_views, sample)
             if policy is not None and policy.ref is None:
                 async with self._version_loaded:
                     await self._version_loaded.wait_for(lambda: self.policy_version >= policy.version)
@@ -172,7 +178,7 @@ class RolloutWorker:
             self._groups_in_flight += 1
             self._idle.clear()
             try:
-                return await self._generate_group(sample, group_id, sampling)
+                return await self._generate_group(sample, views, group_id, sampling)
             finally:
                 self._groups_in_flight -= 1
                 if self._groups_in_flight == 0:
@@ -278,12 +284,10 @@ class RolloutWorker:
     def shutdown(self) -> None:
         self.engine.shutdown()
 
-    async def _generate_group(self, sample: Sample, group_id: str,
+    async def _generate_group(self, sample: Sample, views: list[ImageView], group_id: str,
                               sampling: Sampling | None) -> tuple[GroupSummary, Group]:
         start = time.perf_counter()
         version = self.policy_version
-        with self.spans.span("decode images"):  # in a thread: the loop goes on feeding the engine
-            views = await asyncio.to_thread(self._initial_views, sample)
         cfg = self.cfg if sampling is None else sampling.apply(self.cfg)
         with self.spans.span("generate"):
             trajectories = await asyncio.gather(*(

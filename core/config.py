@@ -221,6 +221,12 @@ class EngineConfig:
     logits_processors: list[str] = field(default_factory=list)
     """Extra vLLM logits processor classes loaded into the engine, as 'module:Class' (e.g.
     'actors.forcing:ForcedTurnsLogitsProcessor', which scripts assistant turns for demos and tests)."""
+    cpu_cores: list[str] = field(default_factory=list)
+    """vLLM's CPU engine only: the cores each rollout actor's engine computes on, one entry per
+    actor (VLLM_CPU_OMP_THREADS_BIND: '0', '2-3', '0,2'), handed out in turn as actors start, an
+    entry shared only when there are more actors than entries. Empty: vLLM's own binding, which
+    puts every engine of one NUMA node on the same cores (two engines on this 2-core machine both
+    computed on core 0)."""
     weights_dir: str = ""
     """Folder of the shared buffer new weights are written into for vLLM's worker to load ('' =
     /dev/shm, memory, else the system temp folder); the file is unlinked after the first load and
@@ -437,6 +443,12 @@ class QueueConfig:
     """Most scored groups held at once; producers wait when full."""
     max_staleness: Annotated[int, Range(ge=0)] = 1
     """Groups from policies more than this many versions old are dropped; 0 = synchronous."""
+    request_ahead: bool = True
+    """Request the groups of one more step than max_staleness allows to generate now: they wait in
+    the rollout actors, images decoded, for the version they need, and start the moment it arrives.
+    Decoding (0.16 s of a 1.0 s synchronous tiny-cpu step) then runs beside the generation of the
+    step before instead of in front of its own. The price: one more step's decoded originals in the
+    object store (width x height x 3 bytes each, 50 MB for a 4K image) while they wait."""
 
 
 @dataclass

@@ -54,6 +54,9 @@ class GroupRequest:
     """Where the scored Group will be (owned by the driver, so it outlives the actor)."""
     sampling: Sampling | None = None
     """The request's own n and temperature (validation); None = the config's."""
+    version: int | None = None
+    """The policy version it waits for when it was requested ahead of that version; None: the pool's
+    latest."""
 
 
 class RolloutPool:
@@ -79,6 +82,8 @@ class RolloutPool:
         self.broadcast = broadcast
         self.loading: list[ray.ObjectRef] = []
         """update_weights calls not yet finished (the driver does not wait for them)."""
+        self.cores: dict[object, str] = {}
+        """Actor -> the rollout.engine.cpu_cores entry its engine computes on."""
         self.reissued = 0
         self.judge_failures: list[tuple[GroupRequest, JudgeError]] = []
         """Requests whose reward task failed on the judge after all its retries: the driver takes
@@ -96,13 +101,26 @@ class RolloutPool:
         if num_workers < 1:
             raise ValueError(f"a run needs at least one rollout actor, got {num_workers}")
         while self.size < num_workers:
-            actor = self._actor_class.remote(self._cfg, self._model_path)
+            cores = self._free_cores()
+            actor = self._actor_class.remote(self._cfg, self._model_path, cpu_cores=cores)
+            self.cores[actor] = cores
             self.starting[actor.ready.remote()] = actor
         for ready_ref in list(self.starting)[max(0, num_workers - len(self.actors)):]:
-            ray.kill(self.starting.pop(ready_ref))  # still loading: holds no group
+            actor = self.starting.pop(ready_ref)
+            self.cores.pop(actor, None)
+            ray.kill(actor)  # still loading: holds no group
         while len(self.actors) > num_workers:
             self.retiring.append(self.actors.pop())
         self._retire_idle()
+
+    def _free_cores(self) -> str:
+        """The rollout.engine.cpu_cores entry fewest live actors compute on ('' when none are set)."""
+        entries = self._cfg.rollout.engine.cpu_cores
+        if not entries:
+            return ""
+        live = [*self.actors, *self.starting.values(), *self.retiring]
+        used = [self.cores.get(actor) for actor in live]
+        return min(entries, key=used.count)
 
     def wait_started(self, say: Say = quiet) -> None:
         """Block until every starting actor takes requests (the first engines of a run); `say`
@@ -133,17 +151,23 @@ class RolloutPool:
         busy = {id(request.actor) for request in self.in_flight.values()}
         for actor in [a for a in self.retiring if id(a) not in busy]:
             self.retiring.remove(actor)
+            self.cores.pop(actor, None)
             self._stop(actor)
 
-    def submit(self, sample: Sample, group_id: str, sampling: Sampling | None = None) -> None:
+    def submit(self, sample: Sample, group_id: str, sampling: Sampling | None = None,
+               version: int | None = None) -> None:
         """Send one group request to the least busy actor; `sampling` replaces the config's n and
-        temperature for this group only (validation requests among training ones)."""
+        temperature for this group only (validation requests among training ones). `version`, when
+        newer than the weights sent so far: the group is requested ahead, and waits in the actor
+        (its images decoded) until an update brings that version."""
         def load(actor) -> int:
             return sum(1 for request in self.in_flight.values() if request.actor is actor)
 
         actor = min(self.actors, key=load)
-        summary_ref, group_ref = actor.generate_group.remote(sample, group_id, self.weights, sampling)
-        self.in_flight[summary_ref] = GroupRequest(sample, group_id, actor, group_ref, sampling)
+        ahead = version is not None and (self.weights is None or version > self.weights.version)
+        policy = PolicyWeights(version, None) if ahead else self.weights
+        summary_ref, group_ref = actor.generate_group.remote(sample, group_id, policy, sampling)
+        self.in_flight[summary_ref] = GroupRequest(sample, group_id, actor, group_ref, sampling, version)
 
     def discard(self, group_ids: set[str]) -> None:
         """Forget the requests of these groups (and their judge failures): `poll` never hands them
@@ -201,7 +225,7 @@ class RolloutPool:
                         raise
                     time.sleep(1.0)
         self.reissued += 1
-        self.submit(request.sample, request.group_id, request.sampling)
+        self.submit(request.sample, request.group_id, request.sampling, request.version)
 
     def update_weights(self, version: int, weights_ref: ray.ObjectRef, wait: bool = True) -> None:
         """Send a new policy version to every actor; with `wait`, return once all hold it.

@@ -10,11 +10,15 @@ real crop, then samples freely. Engine start-up and one warm-up group per actor 
 clock runs from the first request to the last group. Per actor, `RolloutWorker.timing()` says how
 long it had trajectories in flight (busy), and how long every one of them waited on a tool task
 at once (all_in_tools: the engine had nothing to generate); lost share = all_in_tools / busy.
+
+Each engine computes on a core of its own (rollout.engine.cpu_cores = one core per actor, unless
+the config sets it; --no-pin leaves vLLM's own binding, which puts every engine on the same core).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import time
 
 import numpy as np
@@ -37,6 +41,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="prompts (groups of rollout.n) per actor count")
     parser.add_argument("--free", action="store_true",
                         help="do not script the first turn to zoom (the policy decides alone)")
+    parser.add_argument("--no-pin", action="store_true",
+                        help="leave the engines on vLLM's own CPU binding (all on the same cores)")
 
 
 def scripted(cfg: Config) -> Config:
@@ -89,12 +95,16 @@ def run(args: argparse.Namespace, cfg: Config) -> Result:
 
     if not args.free:
         cfg = scripted(cfg)
+    if not args.no_pin and not cfg.rollout.engine.cpu_cores:
+        cores = sorted(os.sched_getaffinity(0))
+        cfg = OmegaConf.merge(cfg, {"rollout": {"engine": {"cpu_cores": [
+            str(cores[i % len(cores)]) for i in range(max(args.workers))]}}})
     inputs = prepare_inputs(cfg)
     samples = read_samples(inputs.train_files, cfg.data.max_decoded_pixels)[: args.prompts]
     start_ray(OmegaConf.merge(cfg, {"rollout": {"num_workers": max(args.workers)}}))
     per_workers = [generate(cfg, inputs.model_path, samples, workers) for workers in args.workers]
     figures: dict = {"prompts": len(samples), "n": cfg.rollout.n, "scripted_first_zoom": not args.free,
-                     "by_workers": per_workers}
+                     "engine_cores": list(cfg.rollout.engine.cpu_cores), "by_workers": per_workers}
     parts = [f"{r['workers']} actor(s): {r['tokens_per_s']:.0f} tok/s, {r['trajectories_per_s']:.2f} traj/s, "
              f"tools {100 * r['tools_share_of_trajectory_time']:.0f}% of trajectory time, engine lost "
              f"{100 * r['engine_lost_to_tools_share']:.1f}%" for r in per_workers]

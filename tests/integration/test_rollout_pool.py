@@ -14,6 +14,7 @@ import os
 import signal
 import time
 
+import psutil
 import pytest
 import ray
 from omegaconf import OmegaConf
@@ -133,3 +134,22 @@ def test_a_killed_actor_takes_its_engine_along_and_its_groups_come_back_once(poo
     finished = collect(pool, len(samples))
     check_each_once(finished, group_ids, version)
     assert pool.reissued > reissued
+
+
+def test_engines_compute_on_the_cores_the_config_gives_them(ray_cluster, tiny_cfg, tiny_model_path):
+    """rollout.engine.cpu_cores ['0', '1']: each actor's engine worker computes on its own core
+    (vLLM's own binding would put both on one); a third actor shares the least used entry."""
+    cfg = OmegaConf.merge(tiny_cfg, {"rollout": {"engine": {"cpu_cores": ["0", "1"]}}})
+    pool = RolloutPool(cfg, tiny_model_path, num_workers=2)
+    try:
+        assert sorted(pool.cores[actor] for actor in pool.actors) == ["0", "1"]
+        for actor in pool.actors:
+            _, processes = engine_processes(actor)
+            [worker] = [p for title, p in processes.items() if title.startswith("VLLM::Worker")]
+            # the worker's compute threads (OpenMP) are bound to the entry's core
+            bound = {tuple(thread.cpu_affinity()) for thread in
+                     (psutil.Process(t.id) for t in worker.threads())}
+            assert (int(pool.cores[actor]),) in bound, bound
+        assert pool._free_cores() in ("0", "1")
+    finally:
+        pool.shutdown()

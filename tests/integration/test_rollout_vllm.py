@@ -7,6 +7,8 @@ answer), and one sampling freely with a fixed seed (weight updates).
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 import ray
@@ -15,7 +17,7 @@ from omegaconf import OmegaConf
 from transformers import Qwen2_5_VLForConditionalGeneration
 
 from actors import RolloutActor
-from actors.rollout import Sampling
+from actors.rollout import PolicyWeights, Sampling
 from core.data import read_samples
 from tests.helpers.hf import hf_logprobs, hf_model
 from tests.helpers.ray_metrics import samples, scrape_ray_metrics
@@ -220,15 +222,44 @@ def test_each_version_loaded_is_the_one_served(free, sample, tiny_cfg, tiny_mode
     ray.get(free.update_weights.remote(current + 4, ray.put(original)))  # for the tests after this one
 
 
+def wait_for_span(actor, name: str, timeout_s: float = 60.0) -> list:
+    """The actor's spans until one named `name` has ended (spans are recorded when they end)."""
+    deadline, spans = time.monotonic() + timeout_s, []
+    while not any(span.name == name for span in spans):
+        assert time.monotonic() < deadline, f"no {name!r} span within {timeout_s} s"
+        time.sleep(0.05)
+        spans += ray.get(actor.take_spans.remote())
+    return spans
+
+
 def test_groups_in_flight_finish_on_the_old_weights(free, sample, tiny_model_path):
+    """A group in flight (images decoded: it has started) finishes on the weights it started on; a
+    group sent after the update runs on the new ones."""
     original = ray.put(Qwen2_5_VLForConditionalGeneration.from_pretrained(tiny_model_path).state_dict())
     current = ray.get(free.ready.remote())
+    ray.get(free.take_spans.remote())
     first, _ = free.generate_group.remote(sample, "inflight-a")
+    wait_for_span(free, "decode images")
     update = free.update_weights.remote(current + 1, original)
     second, _ = free.generate_group.remote(sample, "inflight-b")
     assert ray.get(first).policy_version == current
     assert ray.get(update) == current + 1
     assert ray.get(second).policy_version == current + 1
+
+
+def test_a_group_requested_ahead_waits_decoded_for_its_version(free, sample, tiny_model_path):
+    """queue.request_ahead: a request for a version not sent yet decodes its images at once, then
+    waits; it generates on that version once an update brings it, never on the one before."""
+    original = ray.put(Qwen2_5_VLForConditionalGeneration.from_pretrained(tiny_model_path).state_dict())
+    current = ray.get(free.ready.remote())
+    ray.get(free.take_spans.remote())
+    ahead, _ = free.generate_group.remote(sample, "ahead", PolicyWeights(current + 1, None))
+    spans = wait_for_span(free, "decode images")
+    assert [span.name for span in spans] == ["decode images"]  # decoded, and no generation yet
+    assert not ray.wait([ahead], timeout=1.0)[0]
+    assert ray.get(free.update_weights.remote(current + 1, original)) == current + 1
+    assert ray.get(ahead).policy_version == current + 1
+    assert "generate" in [span.name for span in ray.get(free.take_spans.remote())]
 
 
 def test_actor_metrics_reach_rays_prometheus_endpoint(forced, sample):
