@@ -160,11 +160,9 @@ class RolloutWorker:
         """rollout.n trajectories of one prompt, scored as a group by the reward task.
 
         policy: the group runs on this version or a newer one (loaded from `policy.ref` if no
-        update brought it yet, waited for if the ref is None: a broadcast, or the update of a
-        group requested ahead of its version, brings it); None runs it on whatever is loaded.
-        The images are decoded first: that needs no weights, so a group requested ahead is ready
-        to generate the moment its version arrives. sampling: this group's n and temperature, None
-        = the config's.
+        update brought it yet, waited for if the ref is None: a broadcast brings it); None runs it
+        on whatever is loaded. The images are decoded first, while the weights load: decoding needs
+        none. sampling: this group's n and temperature, None = the config's.
         """
         with self._engine_death_is_fatal():
             with self.spans.span("decode images"):  # in a thread: the loop goes on feeding the engine

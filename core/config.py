@@ -443,12 +443,6 @@ class QueueConfig:
     """Most scored groups held at once; producers wait when full."""
     max_staleness: Annotated[int, Range(ge=0)] = 1
     """Groups from policies more than this many versions old are dropped; 0 = synchronous."""
-    request_ahead: bool = True
-    """Request the groups of one more step than max_staleness allows to generate now: they wait in
-    the rollout actors, images decoded, for the version they need, and start the moment it arrives.
-    Decoding (0.16 s of a 1.0 s synchronous tiny-cpu step) then runs beside the generation of the
-    step before instead of in front of its own. The price: one more step's decoded originals in the
-    object store (width x height x 3 bytes each, 50 MB for a 4K image) while they wait."""
 
 
 @dataclass

@@ -15,11 +15,9 @@ go to the queue as always, validation groups never do (nor count in it). The val
 the step's figures; the learner waits for the validation, the actors do not.
 
 While the learner trains, the actors keep generating the groups already requested. Staleness is
-bounded twice. Requests: the groups of step k only generate once the engines were sent version
->= k - max_staleness (so max_staleness 0 is the synchronous generate -> train -> sync schedule,
-and 1 generates the next batch while the current one trains); they are requested then, or with
-queue.request_ahead one step earlier, to wait in the actors, images decoded, for that version.
-Consumption: the queue
+bounded twice. Requests: the groups of step k are only requested once the engines were sent
+version >= k - max_staleness (so max_staleness 0 is the synchronous generate -> train -> sync
+schedule, and 1 generates the next batch while the current one trains). Consumption: the queue
 (zoomrl/queue.py, a plain object of this process) drops any group more than max_staleness
 versions behind the learner; the driver requests a replacement for each one dropped.
 
@@ -151,21 +149,17 @@ class Driver:
         return self.step + len(self.outstanding) // self.cfg.learner.prompts_per_step
 
     def _request_groups(self) -> None:
-        """Request groups for the coming steps, as far as the staleness bound allows (and one step
-        further with queue.request_ahead: those wait in the actors for the version they need), and
-        again the groups that failed on the judge once their wait is over (they count as
-        outstanding)."""
+        """Request groups for the coming steps, as far as the staleness bound allows, and again the
+        groups that failed on the judge once their wait is over (they count as outstanding)."""
         now = time.monotonic()
         for wait in [w for w in self.judge_waiting if w.due <= now]:
             self.judge_waiting.remove(wait)
             self.pool.submit(wait.sample, wait.group_id)
-        staleness = self.cfg.queue.max_staleness
-        last_step = self.sent_version + staleness + int(self.cfg.queue.request_ahead)
-        while self._next_request_step() < self.cfg.run.total_steps and self._next_request_step() <= last_step:
-            step = self._next_request_step()  # its group must come from version >= step - staleness
+        while (self._next_request_step() < self.cfg.run.total_steps
+               and self._next_request_step() <= self.sent_version + self.cfg.queue.max_staleness):
             sample, group_id = self.retry.pop(0) if self.retry else self.stream.next()
             self.outstanding[group_id] = sample.id
-            self.pool.submit(sample, group_id, version=step - staleness)
+            self.pool.submit(sample, group_id)
 
     def _collect(self, timeout_s: float) -> None:
         """Move finished groups into the replay queue; forget groups it dropped as too stale (their

@@ -54,9 +54,6 @@ class GroupRequest:
     """Where the scored Group will be (owned by the driver, so it outlives the actor)."""
     sampling: Sampling | None = None
     """The request's own n and temperature (validation); None = the config's."""
-    version: int | None = None
-    """The policy version it waits for when it was requested ahead of that version; None: the pool's
-    latest."""
 
 
 class RolloutPool:
@@ -154,20 +151,15 @@ class RolloutPool:
             self.cores.pop(actor, None)
             self._stop(actor)
 
-    def submit(self, sample: Sample, group_id: str, sampling: Sampling | None = None,
-               version: int | None = None) -> None:
+    def submit(self, sample: Sample, group_id: str, sampling: Sampling | None = None) -> None:
         """Send one group request to the least busy actor; `sampling` replaces the config's n and
-        temperature for this group only (validation requests among training ones). `version`, when
-        newer than the weights sent so far: the group is requested ahead, and waits in the actor
-        (its images decoded) until an update brings that version."""
+        temperature for this group only (validation requests among training ones)."""
         def load(actor) -> int:
             return sum(1 for request in self.in_flight.values() if request.actor is actor)
 
         actor = min(self.actors, key=load)
-        ahead = version is not None and (self.weights is None or version > self.weights.version)
-        policy = PolicyWeights(version, None) if ahead else self.weights
-        summary_ref, group_ref = actor.generate_group.remote(sample, group_id, policy, sampling)
-        self.in_flight[summary_ref] = GroupRequest(sample, group_id, actor, group_ref, sampling, version)
+        summary_ref, group_ref = actor.generate_group.remote(sample, group_id, self.weights, sampling)
+        self.in_flight[summary_ref] = GroupRequest(sample, group_id, actor, group_ref, sampling)
 
     def discard(self, group_ids: set[str]) -> None:
         """Forget the requests of these groups (and their judge failures): `poll` never hands them
@@ -225,7 +217,7 @@ class RolloutPool:
                         raise
                     time.sleep(1.0)
         self.reissued += 1
-        self.submit(request.sample, request.group_id, request.sampling, request.version)
+        self.submit(request.sample, request.group_id, request.sampling)
 
     def update_weights(self, version: int, weights_ref: ray.ObjectRef, wait: bool = True) -> None:
         """Send a new policy version to every actor; with `wait`, return once all hold it.

@@ -247,9 +247,10 @@ def test_groups_in_flight_finish_on_the_old_weights(free, sample, tiny_model_pat
     assert ray.get(second).policy_version == current + 1
 
 
-def test_a_group_requested_ahead_waits_decoded_for_its_version(free, sample, tiny_model_path):
-    """queue.request_ahead: a request for a version not sent yet decodes its images at once, then
-    waits; it generates on that version once an update brings it, never on the one before."""
+def test_a_group_for_a_version_not_loaded_yet_decodes_then_waits_for_it(free, sample, tiny_model_path):
+    """A request for a version the actor does not hold yet, without its weights (a broadcast brings
+    them): it decodes its images at once, then waits; it generates on that version once an update
+    brings it, never on the one before."""
     original = ray.put(Qwen2_5_VLForConditionalGeneration.from_pretrained(tiny_model_path).state_dict())
     current = ray.get(free.ready.remote())
     ray.get(free.take_spans.remote())
