@@ -195,13 +195,18 @@ def plan_micro_batches(lengths: list[int], num_ranks: int, token_budget: int,
 
 def make_shards(items: list[TrainItem], num_ranks: int, token_budget: int) -> list[StepShard]:
     """Split one optimizer step's items into one StepShard per rank, a group's items on one rank
-    (so each rank fetches only its own groups from the object store).
+    (so each rank fetches only its own groups from the object store) while there are at least as
+    many groups as ranks; with fewer, items spread one by one (the ranks then fetch a group each
+    of them trains on): a step of one group on two ranks trained on one while the other ran
+    fillers (`python -m bench vs_trl`, wide job: 18.9 s of a 23.9 s step).
 
     Empty micro-batches are filled with an inactive copy of the shortest item, so each rank
     runs the same passes; fillers add nothing to the loss, the gradients or the counts.
     """
     lengths = [item.trajectory.num_tokens for item in items]
-    plan = plan_micro_batches(lengths, num_ranks, token_budget, [item.trajectory.group_id for item in items])
+    groups = [item.trajectory.group_id for item in items]
+    owners = groups if len(set(groups)) >= num_ranks else None
+    plan = plan_micro_batches(lengths, num_ranks, token_budget, owners)
     shortest = items[min(range(len(items)), key=lambda i: lengths[i])]
     filler = TrainItem(shortest.trajectory, 0.0, shortest.name, active=False)
     num_tokens = max(1, sum(item.trajectory.num_sampled_tokens for item in items))

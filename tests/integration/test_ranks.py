@@ -127,6 +127,17 @@ def test_two_ranks_equal_plain_single_process(group, groups, cfg, tiny_model_pat
         assert not torch.equal(after[name], before[name]), name
 
 
+def test_one_group_on_two_ranks_is_split_between_them(group, groups, cfg, tiny_model_path):
+    """Fewer groups than ranks: the group's trajectories spread over both ranks (each fetches the
+    group from the object store), and the update's loss is still the plain reference's."""
+    shards, _ = group.plan([groups[0].summary()])
+    assert all(any(i.active for mb in s[0].micro_batches for i in mb) for s in shards)  # both train
+    model, processor = plain_model(tiny_model_path, snapshot(group)[0]), AutoProcessor.from_pretrained(
+        tiny_model_path)
+    want_loss, _ = reference_grads(model, processor, [groups[0]], cfg.learner)
+    assert train(group, [groups[0]])["loss"] == pytest.approx(want_loss, rel=1e-5)
+
+
 def test_metrics_per_update(group, groups):
     ray.get([w.take_spans.remote() for w in group.workers])  # what earlier tests left
     started = time.time()

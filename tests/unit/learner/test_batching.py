@@ -109,11 +109,19 @@ def test_make_shards_fillers_and_global_counts(groups):
     assert all(len(s.micro_batches) == 1 for s in shards)
     active = [i for s in shards for mb in s.micro_batches for i in mb if i.active]
     assert sorted(i.name for i in active) == sorted(i.name for i in items)
-    assert sum(any(i.active for mb in s.micro_batches for i in mb) for s in shards) == 1  # 1 group: 1 rank
+    # fewer groups than ranks: the group's items spread over 3 ranks, the 4th runs a filler
+    assert sum(any(i.active for mb in s.micro_batches for i in mb) for s in shards) == 3
     fillers = [i for s in shards for mb in s.micro_batches for i in mb if not i.active]
-    assert len(fillers) == 3 and all(f.advantage == 0 for f in fillers)
+    assert len(fillers) == 1 and all(f.advantage == 0 for f in fillers)
     assert {s.num_tokens for s in shards} == {sum(i.trajectory.num_sampled_tokens for i in items)}
     assert {s.num_seqs for s in shards} == {3}
+
+
+def test_a_group_stays_on_one_rank_while_there_are_enough_groups(groups):
+    items = _items(groups)
+    assert len({i.trajectory.group_id for i in items}) == 2
+    shards = make_shards(items, num_ranks=2, token_budget=10_000)
+    assert [len({i.trajectory.group_id for mb in s.micro_batches for i in mb}) for s in shards] == [1, 1]
 
 
 def test_shards_planned_from_summaries_resolve_to_the_same_update(groups):
