@@ -128,7 +128,8 @@ class Occupancy:
 class RolloutWorker:
     """One generation engine and the iMCoT loop over it.
 
-    use_ray_tasks: run tools and rewards as Ray tasks (the design); False runs them in-process.
+    use_ray_tasks: run tools, and rewards that ask the judge, as Ray tasks (the design); False runs
+    them in-process. Rewards by rules alone are always scored in-process.
     """
 
     def __init__(self, cfg: Config, model_path: str, engine: Engine | None = None,
@@ -157,7 +158,8 @@ class RolloutWorker:
     @ray.method(num_returns=2)
     async def generate_group(self, sample: Sample, group_id: str, policy: PolicyWeights | None = None,
                              sampling: Sampling | None = None) -> tuple[GroupSummary, Group]:
-        """rollout.n trajectories of one prompt, scored as a group by the reward task.
+        """rollout.n trajectories of one prompt, scored as a group (by a reward task when a judge
+        may be asked).
 
         policy: the group runs on this version or a newer one (loaded from `policy.ref` if no
         update brought it yet, waited for if the ref is None: a broadcast brings it); None runs it
@@ -294,7 +296,9 @@ class RolloutWorker:
                 for index in range(cfg.rollout.n)))
         group = Group(group_id=group_id, sample=sample, trajectories=list(trajectories))
         with self.spans.span("reward"):
-            if self.use_ray_tasks:
+            # the judge's requests wait on the network: a task of their own; rules alone take well
+            # under a millisecond, less than sending the group to a task and back (30 ms on tiny-cpu)
+            if self.use_ray_tasks and self.cfg.reward.judge.base_url:
                 group = await score_group_task.remote(group, self.cfg.reward)
             else:
                 group = score_group(group, self.cfg.reward)

@@ -74,7 +74,8 @@ def test_forced_zooms_run_through_vllm_and_match_transformers_logprobs(forced, s
     ray.get(actor.take_spans.remote())  # the start-up's
     summary, group = generate(actor, sample, "forced-0")
     # The actor's spans (bench anatomy's lane): the group's images decoded, its trajectories
-    # generated, its 4 calls waiting on tool tasks inside that, then the reward task.
+    # generated, its 4 calls waiting on tool tasks inside that, then the reward (rules alone, no
+    # judge: scored in the actor, not in a task).
     spans = ray.get(actor.take_spans.remote())
     [generated] = [s for s in spans if s.name == "generate"]
     [scored] = [s for s in spans if s.name == "reward"]
