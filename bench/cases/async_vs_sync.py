@@ -16,10 +16,11 @@ period / max(rollout busy, learner busy) (1.0: the step takes only as long as it
 2.0: the sides ran one after the other, equally long); CPU seconds per role (bench/processes.py).
 
 The ceiling: on a machine whose cores the two sides share, overlapping cannot beat 2x; it can only
-fill what the synchronous schedule leaves idle. From each synchronous step's measured figures, the
-shortest period any schedule could reach is max(CPU seconds of the whole process tree / cores,
-the longest side's own busy time); ceiling = synchronous period / that. The async speed-up is
-reported as a share of the ceiling of its pair.
+fill what the synchronous schedule leaves idle. From each synchronous run's measured figures, the
+shortest period any schedule could reach is max(busy core-seconds / cores, the longest side's own
+busy time), a side's busy core-seconds being its busy time x the cores it was given (`ceiling`
+says why not the CPU seconds its processes spent); ceiling = synchronous period / that. The async
+speed-up is reported as a share of the ceiling of its pair.
 """
 
 from __future__ import annotations
@@ -77,22 +78,38 @@ def summarize(run: ScheduleRun) -> dict:
     }
 
 
-def ceiling(sync: dict, cores: int) -> dict:
-    """The most an overlapping schedule could gain over this synchronous run on `cores` cores."""
+def ceiling(sync: dict, cores: int, role_cores: dict[str, float]) -> dict:
+    """The most an overlapping schedule could gain over this synchronous run on `cores` cores.
+
+    A role's core-seconds per step: its busy time x the cores it was given (Ray's CPU reservation:
+    rollout.num_workers x num_cpus_per_worker, learner.num_ranks x num_cpus_per_rank). Not the
+    CPU seconds the processes spent: vLLM's engine-core and worker processes poll each other in a
+    loop that yields the core (shm_broadcast's SpinCondition, 1 s after each message, no setting),
+    so the rollout side spends about 2 CPU seconds per busy second here whether or not another
+    role needs that core; the ceiling those seconds would give is reported beside it
+    (`speedup_from_cpu_s`: period / max(CPU seconds / cores, the longest side)).
+    """
     def median(key: str, role: str = "") -> float:
         return spread([s[key][role] if role else s[key] for s in sync["steps"]])["median"]
 
-    period, cpu = median("period_s"), median("cpu_s", "all")
-    longest = max(median("rollout_busy_s"), median("learner_busy_s"))
-    best = max(cpu / cores, longest)
-    return {"sync_period_s": period, "cpu_s_per_step": cpu, "cores": cores, "longest_side_s": longest,
-            "best_period_s": best, "bound_by": "cores" if cpu / cores >= longest else "the longest side",
-            "speedup": period / best}
+    period = median("period_s")
+    busy = {role: median(f"{role}_busy_s") for role in role_cores}
+    core_seconds = sum(busy[role] * role_cores[role] for role in role_cores)
+    longest = max(busy.values())
+    best = max(core_seconds / cores, longest)
+    cpu = median("cpu_s", "all")
+    return {"sync_period_s": period, "busy_s": busy, "role_cores": role_cores,
+            "busy_core_seconds": core_seconds, "cpu_s": cpu, "cores": cores,
+            "longest_side_s": longest, "best_period_s": best,
+            "bound_by": "cores" if core_seconds / cores >= longest else "the longest side",
+            "speedup": period / best, "speedup_from_cpu_s": period / max(cpu / cores, longest)}
 
 
 def run(args: argparse.Namespace, cfg: Config) -> Result:
     start_ray(cfg)
     cores = len(os.sched_getaffinity(0))
+    role_cores = {"rollout": cfg.rollout.num_workers * cfg.rollout.num_cpus_per_worker,
+                  "learner": cfg.learner.num_ranks * cfg.learner.num_cpus_per_rank}
     runs = []
     for _ in range(args.pairs):
         for staleness in (0, args.staleness):
@@ -102,7 +119,7 @@ def run(args: argparse.Namespace, cfg: Config) -> Result:
     pairs = []
     for sync, async_ in zip(runs[0::2], runs[1::2], strict=True):
         speedup = async_["steps_per_minute"] / sync["steps_per_minute"]
-        bound = ceiling(sync, cores)
+        bound = ceiling(sync, cores, role_cores)
         pairs.append({"speedup": speedup, "ceiling": bound, "share_of_ceiling": speedup / bound["speedup"]})
     by_mode = {mode: [r for r in runs if r["max_staleness"] == staleness]
                for mode, staleness in (("sync", 0), ("async", args.staleness))}

@@ -104,17 +104,19 @@ def test_pipeline_view_of_steps():
 
 
 def test_the_async_ceiling_is_what_the_sync_schedule_leaves_idle():
-    def step(period: float, rollout: float, learner: float, cpu: float) -> dict:
+    def step(period: float, rollout: float, learner: float) -> dict:
         return {"period_s": period, "rollout_busy_s": rollout, "learner_busy_s": learner,
-                "cpu_s": {"all": cpu}}
+                "cpu_s": {"all": 4.0}}
 
     # 1 s of rollout on 1 core, then 1 s of learner on 2 cores: 3 core-seconds in a 2 s period;
     # on 2 cores no schedule does it in under 1.5 s
-    bound = async_vs_sync.ceiling({"steps": [step(2.0, 1.0, 1.0, 3.0)] * 3}, cores=2)
-    assert bound["best_period_s"] == pytest.approx(1.5) and bound["bound_by"] == "cores"
-    assert bound["speedup"] == pytest.approx(2.0 / 1.5)
+    cores = {"rollout": 1.0, "learner": 2.0}
+    bound = async_vs_sync.ceiling({"steps": [step(2.0, 1.0, 1.0)] * 3}, 2, cores)
+    assert bound["busy_core_seconds"] == pytest.approx(3.0) and bound["bound_by"] == "cores"
+    assert bound["best_period_s"] == pytest.approx(1.5) and bound["speedup"] == pytest.approx(2.0 / 1.5)
+    assert bound["speedup_from_cpu_s"] == pytest.approx(1.0)  # 4 CPU seconds in 2 s: both cores full
     # with cores to spare the longer side bounds it
-    bound = async_vs_sync.ceiling({"steps": [step(2.0, 1.2, 0.8, 2.0)]}, cores=4)
+    bound = async_vs_sync.ceiling({"steps": [step(2.0, 1.2, 0.8)]}, 4, cores)
     assert bound["best_period_s"] == pytest.approx(1.2) and bound["bound_by"] == "the longest side"
 
 
