@@ -3,8 +3,9 @@ under zoomrl, at two sizes, interleaved, with each side's peak memory.
 
 Sizes (SIZES): "tiny", today's tiny-cpu job (the 0.6M-parameter tiny Qwen2.5-VL, 2 prompts x 4
 samples, <= 64 new tokens; goals: zoomrl synchronous >= 1.5x, asynchronous >= 2x TRL), and "wide",
-a generation-heavy job (the tiny model widened to 512 x 6 layers, 20M parameters, 1 prompt x 16
-samples, <= 256 new tokens; goal >= 3x TRL). The job, identical on both sides: the same policy
+the issue's generation-heavy job (the tiny model widened to 512 x 6 layers, 23.4M parameters, 1
+prompt x 16 samples, <= 256 new tokens; goal >= 3x TRL; on this CPU its training still takes about
+two thirds of TRL's step, bench/README.md). The job, identical on both sides: the same policy
 folder, the same first prompts of the training set with their images (TRL gets the conversation
 zoomrl renders, so the prompt tokens and the 448x448 image's 256 image tokens are the same),
 temperature 1, KL 0 (no reference model), AdamW at learner.lr, one optimizer step per batch.
