@@ -67,6 +67,7 @@ def pipeline(run: ScheduleRun) -> list[dict]:
 
 
 def summarize(run: ScheduleRun) -> dict:
+    """A run's figures: steps per minute, period and overlap spreads, dropped groups, memory, steps."""
     per_step = pipeline(run)
     return {
         "max_staleness": run.staleness, "startup_s": run.startup_s, "measured_steps": len(per_step),
